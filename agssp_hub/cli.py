@@ -107,6 +107,17 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cards(args: argparse.Namespace) -> int:
+    from .hf import write_model_cards
+
+    stale = write_model_cards(Path(args.out), check=args.check)
+    if args.check and stale:
+        print(f"stale model cards (run `agssp-hub cards`): {', '.join(stale)}", file=sys.stderr)
+        return 1
+    print(f"{'checked' if args.check else 'wrote'} model cards in {args.out}")
+    return 0
+
+
 def _cmd_push(args: argparse.Namespace) -> int:
     from .hf import push
 
@@ -142,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("repo_id")
     p.add_argument("--private", action="store_true")
     p.set_defaults(func=_cmd_push)
+    p = sub.add_parser("cards", help="regenerate model_cards/ from the registry (--check: fail when stale)")
+    p.add_argument("--out", default="model_cards")
+    p.add_argument("--check", action="store_true")
+    p.set_defaults(func=_cmd_cards)
     for name, (_, _, help_text) in DELEGATED.items():
         sub.add_parser(name, help=help_text, add_help=False)
     return parser

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ._registry import CITATION, UPSTREAM, Checkpoint, Metric, get_checkpoint, timm_cfg
 
-__all__ = ["timm_config", "model_card", "save_backbone_dir", "export", "push"]
+__all__ = ["timm_config", "model_card", "write_model_cards", "save_backbone_dir", "export", "push"]
 
 _CFG_KEYS = ("input_size", "interpolation", "crop_pct", "mean", "std", "num_classes", "first_conv", "classifier",
              "license", "paper_ids", "origin_url")
@@ -150,6 +150,22 @@ Apache-2.0, as the official AGSSP code ({UPSTREAM}).
 """
     card = ModelCard(content)
     return str(card)
+
+
+def write_model_cards(out_dir: Path, check: bool = False) -> list[str]:
+    """Write ``<out_dir>/<name>.md`` for every registry entry; with ``check`` only list the stale ones."""
+    from ._registry import list_checkpoints
+
+    stale = []
+    for entry in list_checkpoints():
+        path = out_dir / f"{entry.name}.md"
+        text = model_card(entry)
+        if not path.is_file() or path.read_text() != text:
+            stale.append(entry.name)
+            if not check:
+                out_dir.mkdir(parents=True, exist_ok=True)
+                path.write_text(text)
+    return stale
 
 
 def save_backbone_dir(

@@ -385,7 +385,6 @@ def load_yolo(path: str | Path) -> Any:
 def set_frozen_backbone_eval(model: Any, layers: int | None = None) -> None:
     """Put the first ``layers`` modules of a YOLO model (default: its backbone) in eval mode (BN stats, drop-path off)."""
     model = _detection_model(model)
-    model = _detection_model(model)
     n = backbone_layers(model) if layers is None else layers
     for m in list(model.model)[:n]:
         m.eval()

@@ -260,11 +260,11 @@ class Coverage:
 
     @classmethod
     def of(cls, state_dict: Mapping[str, Tensor], group_of: dict[str, str] | None = None) -> Coverage:
-        """Group source keys by their first component (``backbone``, ``neck``, ``bbox_head`` -> ``head`` ...)."""
-        mapping = {"bbox_head": "head", "rpn_head": "head", "roi_head": "head", **(group_of or {})}
+        """Group source keys: ``backbone.*``, ``neck.*``, everything else (heads, DINO transformer) is ``head``."""
+        mapping = {"backbone": "backbone", "neck": "neck", **(group_of or {})}
         cov = cls()
         for key in state_dict:
-            group = mapping.get(key.split(".", 1)[0], "other")
+            group = mapping.get(key.split(".", 1)[0], "head")
             cov.groups.setdefault(group, []).append(key)
         return cov
 
