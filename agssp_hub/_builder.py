@@ -1,6 +1,7 @@
 """Build registered backbones: verified weights are handed to timm as a ``file`` source."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import timm
@@ -8,19 +9,28 @@ from torch import nn
 
 from ._registry import get_checkpoint
 
-__all__ = ["resolve_pretrained_file", "create_stock_backbone"]
+__all__ = ["build_verified", "create_stock_backbone"]
 
 
-def resolve_pretrained_file(name: str, pretrained: bool, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Return ``kwargs`` with ``pretrained_cfg_overlay.file`` set to the sha256-verified weights of ``name``."""
-    if not pretrained:
-        return kwargs
+def build_verified(name: str, pretrained: bool, kwargs: dict[str, Any], build: Callable[..., nn.Module]) -> nn.Module:
+    """Call ``build(**kwargs)`` with ``name``'s cached weights as the timm ``file`` source, sha256-verified.
+
+    The hash runs in a thread while timm builds the network; the model is returned only once the file's full
+    sha256 matched, so a corrupted or replaced file never reaches the caller.
+    """
     overlay = dict(kwargs.get("pretrained_cfg_overlay") or {})
-    if "file" not in overlay and "state_dict" not in overlay:
-        from ._weights import resolve_file
+    if not pretrained or "file" in overlay or "state_dict" in overlay:
+        return build(**kwargs)
+    from ._weights import resolve_file, verify_in_background
 
-        overlay["file"] = str(resolve_file(name))
-    return {**kwargs, "pretrained_cfg_overlay": overlay}
+    path = resolve_file(name, verify=False)
+    check = verify_in_background(name, path)
+    overlay["file"] = str(path)
+    try:
+        model = build(**{**kwargs, "pretrained_cfg_overlay": overlay})
+    finally:
+        check()
+    return model
 
 
 def create_stock_backbone(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
@@ -28,7 +38,7 @@ def create_stock_backbone(name: str, pretrained: bool = False, **kwargs: Any) ->
     entry = get_checkpoint(name)
     if kwargs.get("pretrained_cfg") is None:
         kwargs["pretrained_cfg"] = timm.models.get_pretrained_cfg(f"{name}.agssp_metal")
-    kwargs = resolve_pretrained_file(name, pretrained, kwargs)
     for key, value in entry.model_args.items():
         kwargs.setdefault(key, value)
-    return timm.create_model(entry.architecture, pretrained=pretrained, **kwargs)
+    return build_verified(name, pretrained, kwargs,
+                          lambda **kw: timm.create_model(entry.architecture, pretrained=pretrained, **kw))

@@ -6,8 +6,9 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,28 @@ def verify_file(name: str, path: Path, filename: str | None = None) -> str:
             f"The file is corrupted or was replaced; re-install it ({_provide_hint(name)})."
         )
     return actual
+
+
+def verify_in_background(name: str, path: Path, filename: str | None = None) -> Callable[[], str]:
+    """Start hashing ``path`` in a thread (hashlib releases the GIL); the returned call joins and raises on mismatch."""
+    result: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            result["sha256"] = verify_file(name, path, filename)
+        except BaseException as err:  # re-raised in the caller's thread
+            result["error"] = err
+
+    thread = threading.Thread(target=work, name=f"sha256-{name}", daemon=True)
+    thread.start()
+
+    def join() -> str:
+        thread.join()
+        if "error" in result:
+            raise result["error"]
+        return result["sha256"]
+
+    return join
 
 
 def resolve_file(name: str, filename: str | None = None, verify: bool = True) -> Path:

@@ -127,7 +127,8 @@ def test_finetune_keeps_agssp_weights(reference: tuple[torch.nn.Module, Path], h
     try:
         yolo = agssp_hub.load_detector("agssp_yolov8s")
         yolo.train(data=str(data / "data.yaml"), imgsz=64, epochs=1, batch=4, workers=0, device="cpu", plots=False,
-                   val=False, project=str(tmp_path / "runs"), name="ft", lr0=0.001, warmup_epochs=0, amp=False)
+                   val=False, project=str(tmp_path / "runs"), name="ft", optimizer="SGD", lr0=0.001, warmup_epochs=0,
+                   amp=False)
     finally:
         LOGGER.removeHandler(handler)
     transferred = [m for m in records if "Transferred" in m]

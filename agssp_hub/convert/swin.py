@@ -25,6 +25,7 @@ __all__ = ["mm_swin_to_official", "convert_swin", "unfold_to_official"]
 
 _RENAMES = (
     (r"^patch_embed\.projection\.", "patch_embed.proj."),
+    (r"^patch_embed\.norm\.", "patch_embed.norm."),
     (r"^stages\.(\d+)\.blocks\.(\d+)\.attn\.w_msa\.", r"layers.\1.blocks.\2.attn."),
     (r"^stages\.(\d+)\.blocks\.(\d+)\.ffn\.layers\.0\.0\.", r"layers.\1.blocks.\2.mlp.fc1."),
     (r"^stages\.(\d+)\.blocks\.(\d+)\.ffn\.layers\.1\.", r"layers.\1.blocks.\2.mlp.fc2."),

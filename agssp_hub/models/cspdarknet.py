@@ -17,6 +17,7 @@ from timm.layers import SelectAdaptivePool2d
 from timm.models import build_model_with_cfg, register_model
 from timm.models._registry import generate_default_cfgs
 
+from .._builder import build_verified
 from .._registry import timm_cfg
 
 __all__ = ["CSPDarknet", "ultralytics_to_cspdarknet", "cspdarknet_to_ultralytics"]
@@ -191,7 +192,6 @@ default_cfgs = generate_default_cfgs({"agssp_cspdarknet_s.agssp_metal": timm_cfg
 @register_model
 def agssp_cspdarknet_s(pretrained: bool = False, **kwargs: Any) -> CSPDarknet:
     """YOLOv8-s CSPDarknet, AGSSP-pretrained on metal surfaces (AGBP backbone of the official YOLOv8-s AGSSP)."""
-    from .._builder import resolve_pretrained_file
-
-    kwargs = resolve_pretrained_file("agssp_cspdarknet_s", pretrained, kwargs)
-    return _create_cspdarknet("agssp_cspdarknet_s", pretrained, widths=(32, 64, 128, 256, 512), depths=(1, 2, 2, 1), **kwargs)
+    model_args = dict(widths=(32, 64, 128, 256, 512), depths=(1, 2, 2, 1))
+    return build_verified("agssp_cspdarknet_s", pretrained, {**model_args, **kwargs},
+                          lambda **kw: _create_cspdarknet("agssp_cspdarknet_s", pretrained, **kw))
