@@ -113,8 +113,6 @@ _SWIN6_METRICS = _paper(
 _FRCNN_METRICS = _paper("Faster R-CNN Swin-B w6 fine-tuned from the AGSSP detector", _TAB, {"casting_billet_mini": (73.0, 41.0)})
 _DINO_METRICS = _paper("DINO 4-scale Swin-B w6 fine-tuned from the AGSSP detector", _TAB, {"casting_billet_mini": (79.0, 50.4)})
 
-_SWIN_B = dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32))
-
 _ENTRIES: tuple[Checkpoint, ...] = (
     # ----------------------------------------------------------------------------------------------- backbones
     Checkpoint(
@@ -139,7 +137,7 @@ _ENTRIES: tuple[Checkpoint, ...] = (
         architecture="swin_base_patch4_window7_224",
         description="Swin-B (window 7) AGBP backbone, classification-task distillation, taken from the official "
         "YOLOv8-SwinB (cls) AGSSP detector",
-        model_args=dict(window_size=7, **_SWIN_B),
+        model_args=dict(window_size=7),
         first_conv="patch_embed.proj",
         classifier="head.fc",
         hf_hub_id="agssp-hub/agssp_swin_base_w7",
@@ -158,7 +156,7 @@ _ENTRIES: tuple[Checkpoint, ...] = (
         architecture="swin_base_patch4_window7_224",
         description="Swin-B (window 6) AGBP backbone, SimMIM-task distillation, taken from the official "
         "YOLOv8-SwinB (SimMIM) AGSSP detector",
-        model_args=dict(window_size=6, img_size=192, **_SWIN_B),
+        model_args=dict(window_size=6, img_size=192),
         input_size=(3, 192, 192),
         first_conv="patch_embed.proj",
         classifier="head.fc",

@@ -59,6 +59,7 @@ class AGBPConfig:
 
     architecture: str = "resnet50"
     model_args: dict[str, Any] = field(default_factory=dict)
+    drop_path_rate: float | None = None  # training-only model arg (not exported)
     init: str = "none"  # none | timm | imagenet_lite0 | <path to .safetensors/.pth state dict>
     strides: list[int] = field(default_factory=lambda: [16, 32])  # supervised stages by output stride
     norm: bool = False  # apply the model's final norm to the last tap (Swin: stage 4 after norm)
@@ -163,7 +164,10 @@ class AGBPModel(nn.Module):
         super().__init__()
         from agssp_hub.yolo import TimmFeatures
 
-        self.features = TimmFeatures(cfg.architecture, cfg.model_args, strides=cfg.strides, norm=cfg.norm, prune=False)
+        args = dict(cfg.model_args)
+        if cfg.drop_path_rate is not None:
+            args["drop_path_rate"] = cfg.drop_path_rate
+        self.features = TimmFeatures(cfg.architecture, args, strides=cfg.strides, norm=cfg.norm, prune=False)
         self.body = self.features.body
         self.head = (nn.Linear(self.features.channels[-1], num_sources)
                      if cfg.cls_weight > 0 and num_sources > 1 else None)

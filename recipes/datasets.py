@@ -49,6 +49,9 @@ __all__ = [
     "neu_det_mini_stems",
     "load_splits",
     "prepare_dataset",
+    "dataset_stats",
+    "default_data_root",
+    "write_list",
 ]
 
 FORMATS = ("yolo", "voc", "coco")

@@ -335,6 +335,31 @@ def train_run(
     return summary
 
 
+def class_agnostic_eval(detector: str | Path, data_yaml: str | Path, out: str | Path,
+                        eval_args: Mapping[str, Any]) -> dict[str, Any]:
+    """mAP of a pretrained detector before fine-tuning, all val classes merged into one (``single_cls``).
+
+    For the AGDP detector (one class, "anomaly") this measures how well the pseudo-box pretraining alone localises
+    the real defects; cached in ``out/summary.json``.
+    """
+    _offline_ultralytics()
+    from agssp_hub.yolo import load_yolo
+
+    out = Path(out).resolve()
+    cache = out / "summary.json"
+    key = _args_hash({**dict(eval_args), "detector": str(detector), "data": str(data_yaml)})
+    if cache.is_file() and json.loads(cache.read_text()).get("args_hash") == key:
+        return json.loads(cache.read_text())
+    t0 = time.perf_counter()
+    metrics = load_yolo(detector).val(data=str(data_yaml), split="val", single_cls=True, plots=False,
+                                      project=str(out.parent), name=out.name, exist_ok=True, verbose=False,
+                                      device="cpu" if not torch.cuda.is_available() else None, **dict(eval_args))
+    result = {"map50": round(100 * float(metrics.box.map50), 2), "map50_95": round(100 * float(metrics.box.map), 2),
+              "detector": str(detector), "wall_s": round(time.perf_counter() - t0, 1), "args_hash": key}
+    atomic_write_json(cache, result)
+    return result
+
+
 def _prepare_init(arm: str, out: Path, nc: int, names: Sequence[str], backbone: str, weights: str | Path | None,
                   seed: int) -> tuple[Path, dict[str, Any]]:
     """Build and save the initial detector of one arm and seed (reused when already written)."""
@@ -520,7 +545,14 @@ def run_benchmark(
         runs.setdefault(arm, []).append(summary)
         LOGGER.info("%s seed %d: mAP@0.5 %.2f, mAP@0.5:0.95 %.2f (%.0f s)", arm, seed, summary["map50"],
                     summary["map50_95"], summary["wall_s"])
+    diagnostics: dict[str, Any] = {}
+    if "agssp" in arms:
+        eval_args = {k: train_args[k] for k in ("imgsz", "batch", "conf", "iou", "max_det") if k in train_args}
+        diagnostics["agdp_detector_class_agnostic_before_finetune"] = class_agnostic_eval(
+            weights["agssp"], data_yaml, out / "diagnostics" / "agdp_class_agnostic", eval_args)
     report = _benchmark_report(protocol, runs, stats, art, train_args, overrides, command, t_data)
+    if diagnostics:
+        report["diagnostics"] = diagnostics
     atomic_write_json(out / f"{protocol['name']}.json", report)
     if results is not None:
         write_results(report, runs, Path(results))

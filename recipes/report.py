@@ -148,8 +148,10 @@ def plot_bars(report: Mapping[str, Any], path: str | Path) -> Path:
         for x, a in zip(xs, arms):
             pts = [s[metric] for s in report["arms"][a]["seeds"]]
             ax.scatter([x] * len(pts), pts, s=10, color="black", zorder=3)
-        for x, m in zip(xs, means):
-            ax.text(x, m, f"{m:.1f}", ha="center", va="bottom", fontsize=7)
+        top = max([m + e for m, e in zip(means, errs)] + [1.0])
+        for x, a, m, e in zip(xs, arms, means, errs):
+            hi = max([m + e] + [s[metric] for s in report["arms"][a]["seeds"]])
+            ax.text(x, hi + 0.02 * top, f"{m:.1f}", ha="center", va="bottom", fontsize=7)
     ax.set_xticks(range(len(arms)), [ARM_LABELS.get(a, a).split(" (")[0] for a in arms])
     ax.set_ylabel("points")
     ax.set_title(f"{report['protocol']['name']}: fine-tune from each initialisation", fontsize=10)

@@ -202,8 +202,14 @@ m = timm.create_model('local-dir:{snapshot}', pretrained=True).eval()
 with torch.no_grad():
     assert torch.equal(m.forward_features(x), y)
 print(m.layers[0].blocks[0].attn.window_size)
+from transformers import AutoModel
+hf = AutoModel.from_pretrained({str(snapshot)!r}).eval()
+with torch.no_grad():
+    torch.testing.assert_close(hf(pixel_values=x).last_hidden_state, y)
+print(type(hf).__name__)
 """
-    assert "(6, 6)" in _run_clean(code, {"HF_HUB_OFFLINE": "1"})
+    out = _run_clean(code, {"HF_HUB_OFFLINE": "1"})
+    assert "(6, 6)" in out and "TimmWrapperModel" in out
 
 
 def test_cspdarknet_matches_ultralytics_yolov8s_backbone() -> None:
