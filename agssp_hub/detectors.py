@@ -19,7 +19,6 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from ._registry import get_checkpoint

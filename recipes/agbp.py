@@ -434,21 +434,25 @@ def train_agbp(
                                                   find_unused_parameters=True)
     ckpt_path = out / "last.pth"
     start_epoch, start_step, history, wall = 0, 0, [], 0.0
+    resume_rng: Tensor | None = None
+    resume_running: list[float] | None = None
+    running: list[float] = [0.0, 0.0, 0]
     if ckpt_path.is_file():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         start_epoch, start_step, history, wall = state["epoch"], state["step"], state["history"], state["wall"]
+        resume_rng, resume_running = state.get("rng"), state.get("running")
         if start_step >= steps_per_epoch:
-            start_epoch, start_step = start_epoch + 1, 0
+            start_epoch, start_step, resume_running = start_epoch + 1, 0, None
     t0 = time.time() - wall
 
     def save(epoch: int, step: int) -> None:
         if rank == 0:
             _atomic_torch_save(dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
                                     scaler=scaler.state_dict(), epoch=epoch, step=step, history=history,
-                                    wall=time.time() - t0, config=json.loads(json.dumps(asdict(cfg)))), ckpt_path)
+                                    rng=torch.get_rng_state(), running=list(running), wall=time.time() - t0, config=json.loads(json.dumps(asdict(cfg)))), ckpt_path)
 
     val_loader = None
     if val_items and rank == 0:
@@ -461,8 +465,14 @@ def train_agbp(
     for epoch in range(start_epoch, cfg.epochs):
         skip = start_step if epoch == start_epoch else 0
         sampler.set_epoch(epoch, skip * bs)
-        running = [0.0, 0.0, 0]
-        bar = tqdm(loader, total=steps_per_epoch - skip, desc=f"AGBP {epoch + 1}/{cfg.epochs}",
+        first = epoch == start_epoch and resume_rng is not None
+        if first and not skip:  # resumed at an epoch boundary: the loader's seed draw comes from the saved state
+            torch.set_rng_state(resume_rng)
+        batches = iter(loader)
+        if first and skip:  # resumed mid-epoch: continue the augmentation stream where it stopped (workers=0: exact)
+            torch.set_rng_state(resume_rng)
+        running = list(resume_running) if first and skip and resume_running else [0.0, 0.0, 0]
+        bar = tqdm(batches, total=steps_per_epoch - skip, desc=f"AGBP {epoch + 1}/{cfg.epochs}",
                    disable=not progress or rank != 0, leave=False)
         for i, (images, maps, labels_b) in enumerate(bar, start=skip):
             if i >= steps_per_epoch:

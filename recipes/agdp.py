@@ -129,7 +129,7 @@ def ultralytics_args(cfg: AGDPConfig, n_train: int) -> dict[str, Any]:
         lrf=cfg.lrf, momentum=cfg.momentum, weight_decay=wd, warmup_epochs=warm, warmup_bias_lr=cfg.warmup_bias_lr,
         warmup_momentum=cfg.warmup_momentum, mosaic=cfg.mosaic, close_mosaic=cfg.close_mosaic, cos_lr=False,
         box=7.5, cls=0.5, dfl=1.5, hsv_h=0.015, hsv_s=0.7, hsv_v=0.4, translate=0.1, scale=0.5, fliplr=0.5,
-        degrees=0.0, shear=0.0, mixup=0.0, single_cls=True, workers=cfg.workers, seed=cfg.seed, deterministic=True,
+        degrees=0.0, shear=0.0, mixup=0.0, workers=cfg.workers, seed=cfg.seed, deterministic=True,
         amp=bool(cfg.amp and device != "cpu"), device=device, plots=cfg.plots, val=cfg.val_every_epoch,
         patience=100, save_period=-1, exist_ok=True, verbose=False,
     )
@@ -160,6 +160,9 @@ def train_agdp(
     metadata: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train (or resume, or skip when done) AGDP; writes ``out_dir/{detector.pt, summary.json}``."""
+    from agssp_hub._offline import prepare_ultralytics
+
+    prepare_ultralytics()
     from ultralytics import YOLO
 
     from agssp_hub import yolo as ay
@@ -188,6 +191,7 @@ def train_agdp(
         model.train(data=str(data), project=str(out), name="run", freeze=ay.backbone_layers(model), **args)
     best = run / "weights" / "best.pt"
     final = YOLO(str(best if best.is_file() else last))
+    ay._detection_model(final).names = {0: "anomaly"}
     ay.load_backbone_state_dict(final, backbone_state_dict)  # exact fp32 AGBP weights (ultralytics saves fp16)
     rows = _read_results(run / "results.csv")
     scored = [r for r in rows if "metrics/mAP50(B)" in r]

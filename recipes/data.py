@@ -99,7 +99,7 @@ def load_image(path: str | Path) -> np.ndarray:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageLoadError(f"{path}: cannot decode image ({type(e).__name__}: {e}); file corrupt or truncated?") from e
-    arr = np.asarray(rgb, dtype=np.uint8)
+    arr = np.array(rgb, dtype=np.uint8)  # a writable copy
     if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ImageLoadError(f"{path}: empty image of shape {arr.shape}")
     return arr

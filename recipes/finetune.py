@@ -593,6 +593,7 @@ def _benchmark_report(protocol: Mapping[str, Any], runs: Mapping[str, list[dict[
             "seeds": sorted({r["seed"] for rs in runs.values() for r in rs}),
         },
         "pretraining": {k: art[k] for k in ("backbone_dir", "detector", "profile", "model") if k in art},
+        "notes": list(protocol.get("notes", [])),
         "stage_times": stage_times,
         "machine": _machine(),
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),

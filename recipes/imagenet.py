@@ -86,6 +86,8 @@ def create_imagenet_lite0(**timm_kwargs: Any) -> torch.nn.Module:
     ``num_classes=0`` work as in timm because the weights go through timm's own pretrained-loading path.
     """
     state = imagenet_lite0_state_dict()
+    if timm_kwargs.get("features_only"):  # the feature wrapper has no head: do not offer it head tensors
+        state = {k: v for k, v in state.items() if not k.startswith(("conv_head.", "bn2.", "classifier."))}
     overlay = dict(state_dict=state, num_classes=1000)
     if "pretrained_cfg_overlay" in timm_kwargs:
         overlay.update(timm_kwargs.pop("pretrained_cfg_overlay"))

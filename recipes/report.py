@@ -120,6 +120,10 @@ def render_markdown(report: Mapping[str, Any], name: str | None = None) -> str:
                   + (f"; pretraining: {st['pretraining']}" if "pretraining" in st else "") + "."]
     lines += ["", f"Machine: {report.get('machine', '')}. Date: {report.get('date', '')}.",
               f"Command: `{report.get('command', '')}`", ""]
+    diag = report.get("diagnostics", {}).get("agdp_detector_class_agnostic_before_finetune")
+    if diag:
+        lines.append(f"- The AGDP detector before fine-tuning (1 class, val classes merged): mAP@0.5 "
+                     f"{diag['map50']:.1f}, mAP@0.5:0.95 {diag['map50_95']:.1f}.")
     for note in report.get("notes", []):
         lines.append(f"- {note}")
     metrics = registry_metrics(report, name)

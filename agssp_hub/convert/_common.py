@@ -28,6 +28,7 @@ __all__ = [
     "describe_backbone",
     "strip_prefix",
     "BACKBONE_OF",
+    "check_target",
 ]
 
 # Top-level modules whose pickled objects may appear in mmengine `meta` / `message_hub`; they become placeholders.

@@ -47,6 +47,7 @@ class ConversionResult:
     detector_yaml: dict[str, Any] | None = None
     installed: dict[str, Path] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    yolo: Any = field(default=None, repr=False)  # the ultralytics model the detector state dict was checked on
 
 
 def timm_backbone(name: str, device: str | torch.device = "meta") -> nn.Module:
@@ -121,7 +122,7 @@ def convert_checkpoint(ck: MMCheckpoint, name: str | None = None) -> ConversionR
         produced = convert_yolo_detector(sd, cfg, result.backbone_state_dict, out_norms, cov)
         yolo = build_from_yaml(cfg, target, names=["anomaly"])
         check_target(yolo.model.state_dict(), produced, f"{target} ultralytics detector", origin)
-        result.detector_state_dict, result.detector_yaml = produced, cfg
+        result.detector_state_dict, result.detector_yaml, result.yolo = produced, cfg, yolo
     elif target == "agssp_faster_rcnn_swin_base_w6":
         from ..detectors import build_faster_rcnn
         from .faster_rcnn import convert_faster_rcnn
@@ -170,7 +171,7 @@ def _install(result: ConversionResult) -> None:
             cfg = {k: v for k, v in result.detector_yaml.items() if k != "yaml_file"}
             files["model.yaml"] = Path(tmp) / "model.yaml"
             files["model.yaml"].write_text(yaml.safe_dump(cfg, sort_keys=False))
-            yolo = build_from_yaml(cfg, result.name, names=["anomaly"])
+            yolo = result.yolo if result.yolo is not None else build_from_yaml(cfg, result.name, names=["anomaly"])
             yolo.model.load_state_dict(result.detector_state_dict, strict=True)
             files["model.pt"] = save_yolo(
                 yolo, Path(tmp) / "model.pt", metadata={"name": result.name, "source_sha256": ck.sha256}

@@ -93,9 +93,11 @@ class ClipFree:
         for i, im in enumerate(images):
             groups.setdefault(self.input_size(*im.shape[:2]), []).append(i)
         for (th, tw), idx in groups.items():
-            x = torch.stack([torch.from_numpy(np.ascontiguousarray(images[i])).permute(2, 0, 1) for i in idx])
-            x = x.to(self.device).float().div_(255)
-            x = F.interpolate(x, (th, tw), mode="bilinear", antialias=True, align_corners=False)
+            x = torch.cat([
+                F.interpolate(torch.from_numpy(np.ascontiguousarray(images[i])).permute(2, 0, 1)[None].float(),
+                              (th, tw), mode="bilinear", antialias=True, align_corners=False)
+                for i in idx
+            ]).to(self.device).div_(255)
             fs = self.model((x - self.mean) / self.std)
             gh, gw = th // self.cfg.grid_stride, tw // self.cfg.grid_stride
             parts = []
