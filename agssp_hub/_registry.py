@@ -215,6 +215,7 @@ _ENTRIES: tuple[Checkpoint, ...] = (
             "metal_v3_distill_yolov8s_cos_multi_frozen_epoch_200.pth",
         ),
         metrics=_CSP_METRICS,
+        notes="Conversion coverage 100% (backbone, neck, head); the DFL conv is the fixed arange(16) projection.",
     ),
     Checkpoint(
         name="agssp_yolov8s_resnet50",
@@ -233,6 +234,7 @@ _ENTRIES: tuple[Checkpoint, ...] = (
             "metal_v3_distill_rs50_cos_multi_frozen_epoch_200.pth",
         ),
         metrics=_R50_METRICS,
+        notes="Conversion coverage 100%: mmdet ResNet names are torchvision's without the `backbone.` prefix; PAFPN/head as an ultralytics yaml at widen 1.0.",
     ),
     Checkpoint(
         name="agssp_yolov8s_swin_base_w7",
@@ -251,6 +253,7 @@ _ENTRIES: tuple[Checkpoint, ...] = (
             "metal_v3_distill_swinb_multi_frozen_epoch_200.pth",
         ),
         metrics=_SWIN7_METRICS,
+        notes="Conversion coverage 100%: norm3 becomes timm's final norm, mmdet's norm1/norm2 become LayerNorm rows of the detector yaml. mmdet pads before the window shift, timm after: features differ at sizes not divisible by the window.",
     ),
     Checkpoint(
         name="agssp_yolov8s_swin_base_w6",
@@ -269,6 +272,7 @@ _ENTRIES: tuple[Checkpoint, ...] = (
             "metal_simmim_distill_multi_frozen_epoch_200.pth",
         ),
         metrics=_SWIN6_METRICS,
+        notes="Conversion coverage 100%: as the w7 detector, with a timm window override of 6.",
     ),
     Checkpoint(
         name="agssp_faster_rcnn_swin_base_w6",
@@ -287,6 +291,7 @@ _ENTRIES: tuple[Checkpoint, ...] = (
             "metal_simmim_distill_multi_frozen_epoch_200.pth",
         ),
         metrics=_FRCNN_METRICS,
+        notes="Conversion coverage 100%: norm0-norm2 become the FPN input norms, the classifier rows are reordered to put background first. torchvision RoIAlign runs aligned=False where mmdet uses aligned=True, and rounds its base anchors: boxes differ slightly from mmdet.",
     ),
     Checkpoint(
         name="agssp_dino_swin_base_w6",

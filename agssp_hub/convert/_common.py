@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._registry import list_checkpoints
 from .._weights import AgsspHubError, sha256_file
 
 __all__ = [
@@ -34,15 +35,8 @@ __all__ = [
 # Top-level modules whose pickled objects may appear in mmengine `meta` / `message_hub`; they become placeholders.
 _BOOKKEEPING_ROOTS = ("mmengine", "mmcv", "mmdet", "mmyolo", "mmpretrain", "mmseg", "numpy")
 
-# Registry detector name -> registry backbone name.
-BACKBONE_OF = {
-    "agssp_yolov8s": "agssp_cspdarknet_s",
-    "agssp_yolov8s_resnet50": "agssp_resnet50",
-    "agssp_yolov8s_swin_base_w7": "agssp_swin_base_w7",
-    "agssp_yolov8s_swin_base_w6": "agssp_swin_base_w6",
-    "agssp_faster_rcnn_swin_base_w6": "agssp_swin_base_w6",
-    "agssp_dino_swin_base_w6": "agssp_swin_base_w6",
-}
+# Registry detector name -> registry backbone name (from the registry, the one source of truth).
+BACKBONE_OF = {c.name: c.backbone for c in list_checkpoints("detector") if c.backbone}
 _SWIN_BASE = dict(embed_dim=128, depths=(2, 2, 18, 2))
 
 

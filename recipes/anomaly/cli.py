@@ -186,7 +186,7 @@ def evaluate_folder(maps_dir: Path, masks_dir: Path, out_dir: Path | None = None
         out_dir = Path(out_dir)
         atomic_write_json(out_dir / "metrics.json", metrics)
         if imgs:
-            order = sorted(range(len(stems)), key=lambda i: -(gts[i] is not None and gts[i].any()))
+            order = sorted(range(len(stems)), key=lambda i: not (gts[i] is not None and bool(gts[i].any())))
             for i in order[:overlays]:
                 if stems[i] in imgs:
                     save_overlay(out_dir / f"overlay_{stems[i]}.png", load_image(imgs[stems[i]]), maps[i], gts[i],
