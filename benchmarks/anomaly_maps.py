@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 from recipes.anomaly.cli import generate_maps  # noqa: E402
 from recipes.anomaly.evaluate import evaluate_maps, save_overlay  # noqa: E402
 from recipes.boxes import boxes_from_map, match_boxes, maps_to_boxes  # noqa: E402
-from recipes.data import load_image, load_mask, read_voc_boxes  # noqa: E402
+from recipes.data import atomic_write_json, load_image, load_mask, read_voc_boxes  # noqa: E402
 
 
 def mask_boxes(mask: np.ndarray) -> np.ndarray:
@@ -118,7 +118,7 @@ def main() -> int:
         save_overlay(a.out / f"anomaly_maps_neuseg_{stems[i]}.png", load_image(seg_images[i]), seg_maps[i],
                      seg_masks[i], title=f"NEU-Seg/{stems[i]}")
     path = a.out / ("anomaly_maps.json" if a.every == 1 else f"anomaly_maps_every{a.every}.json")
-    path.write_text(json.dumps(res, indent=2) + "\n")
+    atomic_write_json(path, res)
     print(json.dumps(res, indent=2))
     return 0
 

@@ -90,15 +90,21 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 def load_image(path: str | Path) -> np.ndarray:
     """Read an image as an H×W×3 RGB uint8 array (see the module docstring for the conversions)."""
+    from PIL import ImageFile
+
     path = Path(path)
+    # other libraries (e.g. ultralytics) switch PIL to silently grey-fill truncated files; refuse them here
+    tolerant, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
     try:
         with Image.open(path) as img:
             img.load()
             rgb = _to_rgb(img)
     except FileNotFoundError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, ImportError) as e:  # ImportError: ultralytics HEIF hook
         raise ImageLoadError(f"{path}: cannot decode image ({type(e).__name__}: {e}); file corrupt or truncated?") from e
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = tolerant
     arr = np.array(rgb, dtype=np.uint8)  # a writable copy
     if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ImageLoadError(f"{path}: empty image of shape {arr.shape}")
@@ -118,7 +124,7 @@ def load_mask(path: str | Path, size: tuple[int, int] | None = None, threshold: 
             a = np.asarray(m)
     except FileNotFoundError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, ImportError) as e:  # ImportError: ultralytics HEIF hook
         raise ImageLoadError(f"{path}: cannot decode mask ({type(e).__name__}: {e})") from e
     if a.ndim == 3:
         a = a[..., :3].max(axis=-1)
@@ -173,9 +179,20 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def _json_safe(obj: Any) -> Any:
+    """Replace NaN/inf floats by ``None`` (strict JSON) in nested dicts and lists."""
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON atomically."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+    """Write ``obj`` as indented strict JSON atomically (NaN becomes ``null``)."""
+    atomic_write_bytes(path, (json.dumps(_json_safe(obj), indent=2, allow_nan=False) + "\n").encode())
 
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:

@@ -456,6 +456,24 @@ def _artifacts(path: Path | None) -> dict[str, Any]:
     return art
 
 
+def pretraining_val_overlap(artifacts: str | Path, data_yaml: str | Path) -> dict[str, Any] | None:
+    """Val images whose bytes also occur in the pretraining corpus (``<artifacts dir>/data/images.json``).
+
+    Label-free pretraining on val images is not label leakage, but it is exposure worth knowing; ``None`` when the
+    artifacts do not list their corpus.
+    """
+    listing = Path(artifacts).resolve().parent / "data" / "images.json"
+    if not listing.is_file():
+        return None
+    from agssp_hub._weights import sha256_file
+
+    items = json.loads(listing.read_text()).get("items", [])
+    corpus = {sha256_file(i["path"]) for i in items if Path(i["path"]).is_file()}
+    val_dir = Path(yaml.safe_load(Path(data_yaml).read_text())["path"]) / "images" / "val"
+    shared = sorted(p.stem for p in val_dir.iterdir() if sha256_file(p.resolve()) in corpus)
+    return {"corpus_images": len(items), "val_images_byte_identical_in_corpus": len(shared), "examples": shared[:10]}
+
+
 def _machine() -> str:
     """A one-line description of this machine."""
     cpu = platform.processor() or platform.machine()
@@ -550,6 +568,10 @@ def run_benchmark(
         eval_args = {k: train_args[k] for k in ("imgsz", "batch", "conf", "iou", "max_det") if k in train_args}
         diagnostics["agdp_detector_class_agnostic_before_finetune"] = class_agnostic_eval(
             weights["agssp"], data_yaml, out / "diagnostics" / "agdp_class_agnostic", eval_args)
+    if artifacts:
+        overlap = pretraining_val_overlap(artifacts, data_yaml)
+        if overlap is not None:
+            diagnostics["pretraining_corpus_vs_val"] = overlap
     report = _benchmark_report(protocol, runs, stats, art, train_args, overrides, command, t_data)
     if diagnostics:
         report["diagnostics"] = diagnostics
@@ -620,6 +642,8 @@ def write_results(report: Mapping[str, Any], runs: Mapping[str, list[dict[str, A
         _copy_small_png(Path(rs[0]["run_dir"]) / "BoxPR_curve.png", results / f"{name}_pr_{arm}.png")
     plot_bars(report, results / f"{name}.png")
     (results / f"{name}.md").write_text(render_markdown(report, name))
+    for path in [results / f"{name}.json", *raw.iterdir()]:
+        path.chmod(0o644)  # atomic writes create 0600 files; results are for everyone to read
 
 
 def _benchmark_parser() -> argparse.ArgumentParser:

@@ -124,6 +124,10 @@ def render_markdown(report: Mapping[str, Any], name: str | None = None) -> str:
     if diag:
         lines.append(f"- The AGDP detector before fine-tuning (1 class, val classes merged): mAP@0.5 "
                      f"{diag['map50']:.1f}, mAP@0.5:0.95 {diag['map50_95']:.1f}.")
+    ov = report.get("diagnostics", {}).get("pretraining_corpus_vs_val")
+    if ov:
+        lines.append(f"- Pretraining corpus ({ov['corpus_images']} images) vs val: "
+                     f"{ov['val_images_byte_identical_in_corpus']} val images byte-identical in the corpus.")
     for note in report.get("notes", []):
         lines.append(f"- {note}")
     metrics = registry_metrics(report, name)

@@ -370,11 +370,10 @@ class Pipeline:
     # export -----------------------------------------------------------------------------------------------
     def stage_export(self) -> dict[str, Any]:
         """HF-layout backbone folder with a model card, the detector files, artifacts.json."""
-        from safetensors.torch import load_file, save_file
+        from safetensors.torch import load_file
 
         import agssp_hub
         from agssp_hub import hf
-        from agssp_hub import yolo as ay
 
         cfg, out = self.cfg, self.out
         name = cfg["name"]
@@ -391,21 +390,7 @@ class Pipeline:
                              model_args=cfg.get("model_args") or {}, pretrained_cfg=pcfg)
         weights = bdir / "model.safetensors"
         b_sha, b_size = sha256_file(weights), weights.stat().st_size
-        # detector: the ultralytics .pt (loads with YOLO(path)) plus safetensors + yaml for hub hosting
-        ddir = out / "detector"
-        ddir.mkdir(exist_ok=True)
-        det_pt = ddir / "model.pt"
-        shutil.copyfile(out / "agdp" / "detector.pt", ddir / ".model.pt.tmp")
-        os.replace(ddir / ".model.pt.tmp", det_pt)
-        det = ay.load_yolo(det_pt)
-        det_sd = {k: v.detach().float().contiguous() for k, v in ay._detection_model(det).state_dict().items()
-                  if v.is_floating_point()}
-        save_file(det_sd, str(ddir / ".model.safetensors.tmp"), metadata={"format": "pt"})
-        os.replace(ddir / ".model.safetensors.tmp", ddir / "model.safetensors")
-        import yaml
-
-        atomic_write_bytes(ddir / "model.yaml", yaml.safe_dump(
-            {k: v for k, v in ay.yolo_yaml(cfg["backbone"], 1).items() if k != "yaml_file"}, sort_keys=False).encode())
+        det_pt = self._export_detector() if (out / "agdp" / "detector.pt").is_file() else None
         metrics = self._metrics()
         card = self._card(name, b_sha, b_size, metrics, in_registry)
         atomic_write_bytes(bdir / "README.md", card.encode())
@@ -413,10 +398,34 @@ class Pipeline:
         atomic_write_json(out / "artifacts.json", art)
         return {"backbone_sha256": b_sha, "backbone_size": b_size, "detector_sha256": art["detector_sha256"]}
 
+    def _export_detector(self) -> Path:
+        """The ultralytics .pt (loads with YOLO(path)) plus model.safetensors + model.yaml for hub hosting."""
+        from safetensors.torch import save_file
+
+        from agssp_hub import yolo as ay
+
+        out, cfg = self.out, self.cfg
+        ddir = out / "detector"
+        ddir.mkdir(exist_ok=True)
+        det_pt = ddir / "model.pt"
+        shutil.copyfile(out / "agdp" / "detector.pt", ddir / ".model.pt.tmp")
+        os.replace(ddir / ".model.pt.tmp", det_pt)
+        det = ay.load_yolo(det_pt)
+        det_sd = {k: (v.float() if v.is_floating_point() else v).detach().contiguous()
+                  for k, v in ay._detection_model(det).state_dict().items()}
+        save_file(det_sd, str(ddir / ".model.safetensors.tmp"), metadata={"format": "pt"})
+        os.replace(ddir / ".model.safetensors.tmp", ddir / "model.safetensors")
+        import yaml
+
+        atomic_write_bytes(ddir / "model.yaml", yaml.safe_dump(
+            {k: v for k, v in ay.yolo_yaml(cfg["backbone"], 1).items() if k != "yaml_file"}, sort_keys=False).encode())
+        return det_pt
+
     def _metrics(self) -> dict[str, Any]:
         """Measured numbers of this run (AGBP hold-out cosine, AGDP pseudo-box mAP, wall times)."""
         agbp = json.loads((self.out / "agbp" / "summary.json").read_text())
-        agdp = json.loads((self.out / "agdp" / "summary.json").read_text())
+        agdp_path = self.out / "agdp" / "summary.json"
+        agdp = json.loads(agdp_path.read_text()) if agdp_path.is_file() else {}
         walls = {s: r.get("wall_s") for s, r in self.state["stages"].items() if r.get("status") == "done"}
         return {"agbp_val_before": agbp.get("val_before"), "agbp_val_after": agbp.get("val_after"),
                 "agbp_final_train_distill": (agbp.get("history") or [{}])[-1].get("distill"),
@@ -461,7 +470,7 @@ AGDP (1-class detector on the pseudo-boxes, held-out images): mAP@0.5 {ag.get('p
 mAP@0.5:0.95 {ag.get('pseudo_val_map50_95')} (pseudo-box agreement, not a defect-detection benchmark).
 """
 
-    def _artifacts(self, bdir: Path, b_sha: str, b_size: int, det_pt: Path, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    def _artifacts(self, bdir: Path, b_sha: str, b_size: int, det_pt: Path | None, metrics: Mapping[str, Any]) -> dict[str, Any]:
         """Content of artifacts.json."""
         import timm
         import torch
@@ -480,11 +489,11 @@ mAP@0.5:0.95 {ag.get('pseudo_val_map50_95')} (pseudo-box agreement, not a defect
             "backbone_weights": str(bdir / "model.safetensors"),
             "backbone_sha256": b_sha,
             "backbone_size": b_size,
-            "detector": str(det_pt),
-            "detector_sha256": sha256_file(det_pt),
-            "detector_size": det_pt.stat().st_size,
+            "detector": str(det_pt) if det_pt else None,
+            "detector_sha256": sha256_file(det_pt) if det_pt else None,
+            "detector_size": det_pt.stat().st_size if det_pt else None,
             "detector_files": {p.name: {"sha256": sha256_file(p), "size": p.stat().st_size}
-                               for p in sorted(det_pt.parent.iterdir()) if not p.name.startswith(".")},
+                               for p in sorted(det_pt.parent.iterdir()) if not p.name.startswith(".")} if det_pt else {},
             "architecture": self.cfg["architecture"],
             "model_args": self.cfg.get("model_args") or {},
             "metrics": metrics,

@@ -165,3 +165,19 @@ def test_cli_errors_name_the_bad_input(tmp_path: Path, capsys: pytest.CaptureFix
     assert benchmark_main(["--config", str(_tiny_protocol(tmp_path, spec)), "--arms", "agbp",
                            "--out", str(tmp_path / "out")]) == 2
     assert "needs --artifacts" in capsys.readouterr().err
+
+
+def test_pretraining_corpus_overlap_with_val_is_measured(tmp_path: Path) -> None:
+    from recipes.datasets import prepare_dataset
+    from recipes.finetune import pretraining_val_overlap
+
+    data_yaml = prepare_dataset(_tiny_dataset(tmp_path / "data"), tmp_path / "work")
+    art = tmp_path / "pre" / "artifacts.json"
+    (art.parent / "data").mkdir(parents=True)
+    art.write_text("{}")
+    copy = tmp_path / "copy_of_val_image.png"
+    copy.write_bytes((tmp_path / "data" / "images" / "im4.png").read_bytes())  # same bytes, another name
+    items = [{"path": str(copy)}, {"path": str(tmp_path / "data" / "images" / "im0.png")}]  # im0 is a train image
+    (art.parent / "data" / "images.json").write_text(json.dumps({"items": items}))
+    overlap = pretraining_val_overlap(art, data_yaml)
+    assert overlap == {"corpus_images": 2, "val_images_byte_identical_in_corpus": 1, "examples": ["im4"]}
