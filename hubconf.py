@@ -12,4 +12,5 @@ from agssp_hub.hub import (  # noqa: E402,F401
     agssp_yolov8s_resnet50,
     agssp_yolov8s_swin_base_w6,
     agssp_yolov8s_swin_base_w7,
+    agssp_yolov8s_efficientnet_lite0,
 )

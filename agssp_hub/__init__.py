@@ -9,7 +9,7 @@ from typing import Any
 
 from . import models as _models  # noqa: F401  (registers the backbones with timm)
 from ._registry import REGISTRY, Checkpoint, Metric, get_checkpoint, list_checkpoints
-from ._weights import AgsspHubError, HashMismatchError, MissingWeightsError, resolve_file
+from ._weights import AgsspHubError, HashMismatchError, MissingWeightsError, resolve_file, sha256_file
 
 __version__ = "0.1.0"
 
@@ -25,6 +25,7 @@ __all__ = [
     "list_checkpoints",
     "load_detector",
     "resolve_file",
+    "sha256_file",
 ]
 
 

@@ -194,8 +194,12 @@ _ENTRIES: tuple[Checkpoint, ...] = (
         first_conv="conv_stem",
         classifier="classifier",
         hf_hub_id="agssp-hub/agssp_efficientnet_lite0",
+        sha256="a0f100e93134c18fac8eaaf4cc2c129152eda6e420a09740c05e5f828ca6874d",
+        size=13678672,
         source=_recipe("recipes/configs/agssp_efficientnet_lite0.yaml"),
-        notes="Not an official AGSSP release: a CPU-scale reproduction of the method by agssp-hub.",
+        notes="Not an official AGSSP release: a CPU-scale reproduction of the method by agssp-hub (cpu-mini profile: "
+        "1500 unlabelled images, CLIP-free anomaly maps, AGBP 3 epochs at 160 px, AGDP 10 epochs at 256 px; "
+        "2026-11-28, 2-core CPU, 39 min wall).",
     ),
     # ----------------------------------------------------------------------------------------------- detectors
     Checkpoint(
@@ -275,6 +279,24 @@ _ENTRIES: tuple[Checkpoint, ...] = (
         notes="Conversion coverage 100%: as the w7 detector, with a timm window override of 6.",
     ),
     Checkpoint(
+        name="agssp_yolov8s_efficientnet_lite0",
+        family="detector",
+        architecture="ultralytics:yolov8-tf_efficientnet_lite0",
+        description="AGDP detector of our cpu-mini recipe: YOLOv8 PAFPN/head (widen 1.0) on the frozen "
+        "agssp_efficientnet_lite0 backbone, trained on CLIP-free pseudo-boxes, 1 class 'anomaly'",
+        input_size=(3, 256, 256),
+        mean=PIXEL_SCALE_ONLY[0],
+        std=PIXEL_SCALE_ONLY[1],
+        num_classes=1,
+        hf_hub_id="agssp-hub/agssp_yolov8s_efficientnet_lite0",
+        sha256="3044061bab9066223b6ebbb434f10026ec0665756543b73ce8fb0af717778e33",
+        size=18961556,
+        backbone="agssp_efficientnet_lite0",
+        source=_recipe("recipes/configs/agssp_efficientnet_lite0.yaml"),
+        notes="Not an official AGSSP release. The published form is model.safetensors + model.yaml; "
+        "load_detector materialises the ultralytics .pt.",
+    ),
+    Checkpoint(
         name="agssp_faster_rcnn_swin_base_w6",
         family="detector",
         architecture="torchvision:fasterrcnn-swin_base_w6",
@@ -318,7 +340,7 @@ _ENTRIES: tuple[Checkpoint, ...] = (
 REGISTRY: dict[str, Checkpoint] = {c.name: c for c in _ENTRIES}
 for _c in _ENTRIES:
     if _c.source.get("kind") == "recipe":
-        _c.source["command"] = _c.source["command"].format(name=_c.name)
+        _c.source["command"] = _c.source["command"].format(name=_c.name if _c.family == "backbone" else _c.backbone)
 
 
 def get_checkpoint(name: str) -> Checkpoint:

@@ -47,6 +47,8 @@ def _cmd_import(args: argparse.Namespace) -> int:
     from ._weights import install_state_dict, load_pth_state_dict, sha256_file
 
     entry = get_checkpoint(args.name)
+    if Path(args.file).is_dir():  # a folder of published files, e.g. a detector's model.safetensors + model.yaml
+        return _import_dir(entry.name, Path(args.file))
     state_dict = load_pth_state_dict(args.file)
     _check_loadable(entry.name, state_dict, args.file)
     path = install_state_dict(
@@ -54,6 +56,21 @@ def _cmd_import(args: argparse.Namespace) -> int:
                                          "sha256": sha256_file(args.file)}
     )
     print(f"installed {entry.name}: {path}\nsha256 {sha256_file(path)}")
+    return 0
+
+
+def _import_dir(name: str, folder: Path) -> int:
+    """Install every file of a folder (its safetensors checked for readability) as one snapshot."""
+    from ._registry import get_checkpoint
+    from ._weights import MANIFEST, AgsspHubError, install_files, load_pth_state_dict
+
+    entry = get_checkpoint(name)
+    files = {p.name: p for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
+    if entry.hf_hub_filename not in files:
+        raise AgsspHubError(f"{folder}: no {entry.hf_hub_filename} in this folder (found {sorted(files)})")
+    load_pth_state_dict(files[entry.hf_hub_filename])
+    snapshot = install_files(name, files, source={"kind": "import", "folder": str(folder.resolve())})
+    print(f"installed {name}: {snapshot} ({', '.join(files)})")
     return 0
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "agssp_yolov8s_resnet50",
     "agssp_yolov8s_swin_base_w7",
     "agssp_yolov8s_swin_base_w6",
+    "agssp_yolov8s_efficientnet_lite0",
     "agssp_faster_rcnn_swin_base_w6",
 ]
 
@@ -43,6 +44,7 @@ YOLO_DETECTORS = {
     "agssp_yolov8s_resnet50": "resnet50",
     "agssp_yolov8s_swin_base_w7": "swin_base_w7",
     "agssp_yolov8s_swin_base_w6": "swin_base_w6",
+    "agssp_yolov8s_efficientnet_lite0": "tf_efficientnet_lite0",
 }
 FRCNN_DETECTORS = {"agssp_faster_rcnn_swin_base_w6": "agssp_swin_base_w6"}
 YAML_FILE = "model.yaml"
@@ -172,6 +174,11 @@ def agssp_yolov8s_swin_base_w7(*, pretrained: bool = True) -> Any:
 def agssp_yolov8s_swin_base_w6(*, pretrained: bool = True) -> Any:
     """AGSSP YOLOv8 detector with a Swin-B (window 6) backbone, 1 class, as an ultralytics ``YOLO``."""
     return load_detector("agssp_yolov8s_swin_base_w6", pretrained)
+
+
+def agssp_yolov8s_efficientnet_lite0(*, pretrained: bool = True) -> Any:
+    """AGDP detector of agssp-hub's cpu-mini recipe (EfficientNet-Lite0 backbone), 1 class, as an ultralytics ``YOLO``."""
+    return load_detector("agssp_yolov8s_efficientnet_lite0", pretrained)
 
 
 def agssp_faster_rcnn_swin_base_w6(*, pretrained: bool = True) -> nn.Module:

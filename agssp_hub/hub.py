@@ -12,6 +12,7 @@ from .detectors import (
     agssp_yolov8s_resnet50,
     agssp_yolov8s_swin_base_w6,
     agssp_yolov8s_swin_base_w7,
+    agssp_yolov8s_efficientnet_lite0,
 )
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "agssp_yolov8s_resnet50",
     "agssp_yolov8s_swin_base_w7",
     "agssp_yolov8s_swin_base_w6",
+    "agssp_yolov8s_efficientnet_lite0",
     "agssp_faster_rcnn_swin_base_w6",
 ]
 

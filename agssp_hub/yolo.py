@@ -145,7 +145,8 @@ class TimmFeatures(nn.Module):
 def _builder_name(architecture: str, model_args: Mapping[str, Any]) -> str:
     """Deterministic torchvision registry name for a timm architecture + model_args."""
     for key, spec in BACKBONES.items():
-        if spec["architecture"] == architecture and _detector_args(architecture, spec["model_args"]) == dict(model_args):
+        same_args = _detector_args(architecture, spec["model_args"]) == dict(model_args)
+        if spec["architecture"] == architecture and same_args:
             return _BUILDER_PREFIX + key
     name = _BUILDER_PREFIX + re.sub(r"[^a-z0-9_]", "_", architecture.lower())
     if model_args:
@@ -187,8 +188,8 @@ def backbone_spec(backbone: str) -> dict[str, Any]:
     """Architecture and detector model_args of a backbone id, or of any timm architecture name."""
     if backbone in BACKBONES:
         spec = BACKBONES[backbone]
-        return dict(architecture=spec["architecture"], model_args=_detector_args(spec["architecture"], spec["model_args"]),
-                    native=spec.get("native"))
+        args = _detector_args(spec["architecture"], spec["model_args"])
+        return dict(architecture=spec["architecture"], model_args=args, native=spec.get("native"))
     if backbone.startswith("agssp_") and backbone[6:] in BACKBONES:  # registry names work too
         return backbone_spec(backbone[6:])
     if not timm.is_model(backbone):
@@ -383,7 +384,7 @@ def load_yolo(path: str | Path) -> Any:
 
 
 def set_frozen_backbone_eval(model: Any, layers: int | None = None) -> None:
-    """Put the first ``layers`` modules of a YOLO model (default: its backbone) in eval mode (BN stats, drop-path off)."""
+    """Put the first ``layers`` modules of a YOLO model (default: its backbone) in eval mode (BN stats, drop-path)."""
     model = _detection_model(model)
     n = backbone_layers(model) if layers is None else layers
     for m in list(model.model)[:n]:

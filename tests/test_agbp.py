@@ -115,7 +115,8 @@ def test_training_changes_only_trainable_stages_and_writes_outputs(tmp_path: Pat
     frozen = [k for k in ref if k.startswith(("conv1", "bn1", "layer1", "layer2"))]
     assert frozen and all(torch.equal(out[k], ref[k]) for k in frozen)  # weights and BN running stats
     assert any(not torch.equal(out[k], ref[k]) for k in ref if k.startswith("layer4"))
-    assert summary["val_before"] and summary["val_after"] and (tmp_path / "run" / "loss.png").is_file()
+    assert summary["val_before"] and summary["val_after"]
+    assert (tmp_path / "run" / "loss.png").is_file() and (tmp_path / "run" / "energy.png").is_file()
 
 
 @pytest.mark.slow

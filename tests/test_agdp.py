@@ -32,7 +32,9 @@ def _toy(root: Path, n: int = 12, size: int = 64) -> tuple[list[Path], Path]:
     return paths, root / "lab"
 
 
-@pytest.mark.parametrize(("batch", "wd"), [(200, 0.0015625), (128, 0.001), (80, 0.000625), (32, 0.0005), (14, 0.000546875)])
+@pytest.mark.parametrize(
+    ("batch", "wd"), [(200, 0.0015625), (128, 0.001), (80, 0.000625), (32, 0.0005), (14, 0.000546875)]
+)
 def test_weight_decay_is_scaled_like_mmyolo(batch: int, wd: float) -> None:
     args = ultralytics_args(AGDPConfig(batch=batch, device="cpu"), n_train=10_000)
     assert args["weight_decay"] == pytest.approx(wd) and args["nbs"] == batch  # no gradient accumulation

@@ -57,6 +57,30 @@ def test_load_image_conversions(tmp_path: Path) -> None:
     assert out.dtype == np.uint8 and out.min() == 0 and out.max() == 255
 
 
+def test_mask_conversions_and_errors_name_the_file(tmp_path: Path) -> None:
+    """RGBA masks ignore alpha, 16-bit masks are rescaled to the 8-bit threshold, bad masks name the file."""
+    ref = np.zeros((6, 8), bool)
+    ref[1:3, 2:5] = True
+    rgba = np.zeros((6, 8, 4), np.uint8)
+    rgba[ref, 0] = 255
+    rgba[..., 3] = 255 * (~ref)  # alpha must not count as defect, nor hide the colour
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    assert np.array_equal(load_mask(tmp_path / "rgba.png"), ref)
+    deep = (ref * 65535).astype(np.uint16)
+    deep[0, 0] = 100 * 257  # 16-bit value 25700 is 100 on the 8-bit scale: below the default threshold 127
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    assert np.array_equal(load_mask(tmp_path / "deep.png"), ref)
+    assert load_mask(tmp_path / "deep.png", threshold=99)[0, 0]
+    labels = ref.astype(np.uint16) * 2  # 16-bit label-index mask, values ≤ 255: used as they are
+    Image.fromarray(labels).save(tmp_path / "labels.png")
+    assert np.array_equal(load_mask(tmp_path / "labels.png", threshold=0), ref)
+    with pytest.raises(ImageLoadError, match=r"rgba\.png.*6x8.*7x8"):
+        load_mask(tmp_path / "rgba.png", size=(7, 8))
+    Image.fromarray(ref.astype(np.float32)).save(tmp_path / "float.tif")
+    with pytest.raises(ImageLoadError, match=r"float\.tif.*float32"):
+        load_mask(tmp_path / "float.tif")
+
+
 def test_corrupt_and_truncated_files_name_the_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
@@ -186,6 +210,25 @@ def test_clipfree_cli_finds_the_defect_resumes_and_shards(tmp_path: Path) -> Non
                  "--out", str(tmp_path / "eval")]) == 0
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["pixel_auroc"] > 0.9 and list((tmp_path / "eval").glob("overlay_*.png"))
+
+
+def test_clipfree_calibration_places_the_box_threshold() -> None:
+    """lo → 0, t → 0.9, hi → 1.0; monotone; a lower box level gives a larger pseudo-box on the same bump."""
+    from recipes.anomaly.clipfree import calibrate_map
+    from recipes.boxes import adaptive_threshold, boxes_from_map
+
+    out = calibrate_map(np.array([0.0, 1.0, 3.0, 5.0, 7.0, 99.0]), lo=1.0, t=3.0, hi=5.0)
+    assert np.allclose(out, [0.0, 0.0, 0.9, 1.0, 1.1, 2.0]) and out.dtype == np.float32
+    yy, xx = np.mgrid[:32, :32]
+    bump = 1.0 + 4.0 * np.exp(-((yy - 16.0) ** 2 + (xx - 16.0) ** 2) / (2 * 5.0**2))  # background 1, peak 5
+    areas = []
+    for level in (0.9, 0.5):
+        m = calibrate_map(bump, 1.0, 1.0 + level * 4.0, 5.0)
+        (b,), _ = boxes_from_map(m, (320, 320), adaptive_threshold([m]))
+        areas.append((b[2] - b[0]) * (b[3] - b[1]))
+    assert areas[1] > 3 * areas[0]
+    with pytest.raises(ValueError, match="lo < t < hi"):
+        calibrate_map(bump, 1.0, 5.0, 5.0)
 
 
 def test_cli_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

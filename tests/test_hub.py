@@ -18,7 +18,7 @@ from agssp_hub._weights import MANIFEST, install_state_dict, resolve_file, sha25
 ROOT = Path(__file__).resolve().parents[1]
 BACKBONES = ["agssp_resnet50", "agssp_swin_base_w7", "agssp_swin_base_w6", "agssp_cspdarknet_s", "agssp_efficientnet_lite0"]
 DETECTORS = ["agssp_yolov8s", "agssp_yolov8s_resnet50", "agssp_yolov8s_swin_base_w7", "agssp_yolov8s_swin_base_w6",
-             "agssp_faster_rcnn_swin_base_w6", "agssp_dino_swin_base_w6"]
+             "agssp_yolov8s_efficientnet_lite0", "agssp_faster_rcnn_swin_base_w6", "agssp_dino_swin_base_w6"]
 
 
 def _seeded_backbone(name: str, seed: int = 0) -> torch.nn.Module:

@@ -15,7 +15,8 @@ from recipes.agbp import AGBPConfig
 from recipes.agdp import AGDPConfig
 from recipes.reproduce import PROFILES, available_models, collect_images, load_config, near_duplicates
 
-MODELS = ["agssp_resnet50", "agssp_swin_base_w7", "agssp_swin_base_w6", "agssp_cspdarknet_s", "agssp_efficientnet_lite0"]
+MODELS = ["agssp_resnet50", "agssp_swin_base_w7", "agssp_swin_base_w6", "agssp_cspdarknet_s",
+          "agssp_efficientnet_lite0"]
 
 
 def test_one_config_per_published_backbone() -> None:
@@ -101,7 +102,8 @@ def test_reduced_smoke_end_to_end_resumes_and_loads_everywhere(tmp_path: Path,
     assert {"config.json", "model.safetensors", "README.md"} <= {p.name for p in bdir.iterdir()}
     assert art["backbone_sha256"] == reproduce.sha256_file(bdir / "model.safetensors")
     assert art["backbone_sha256"] in (bdir / "README.md").read_text()
-    assert art["data_manifest"]["images"] == 12 and art["config"]["profile"] == "smoke" and art["git_commit"] is not None
+    assert art["data_manifest"]["images"] == 12 and art["config"]["profile"] == "smoke"
+    assert art["git_commit"] is not None
     state = json.loads((out / "state.json").read_text())
     assert [s for s, r in state["stages"].items() if r["status"] == "done"] == list(reproduce.STAGES)
 

@@ -91,13 +91,14 @@ def generate_maps(
     if method == "clipfree":
         from .clipfree import ClipFree, ClipFreeConfig
 
-        gen = ClipFree(ClipFreeConfig(**options), device=device)
+        gen = ClipFree(ClipFreeConfig(**options), device=device, few_shot=bool(normals))
         if normals:
             gen.set_memory([load_image(p) for p in normals])
         bank = ClipFree.sample_bank(images, gen.cfg.bank_size, gen.cfg.seed)
-        lo, hi = gen.calibrate([load_image(p) for p in bank])
+        lo, t, hi = gen.calibrate([load_image(p) for p in bank])
         manifest.update(settings=gen.cfg.to_dict(), weights={"backbone": gen.cfg.backbone, **_backbone_identity(gen.cfg.backbone)},
-                        normalisation={"lo": lo, "hi": hi, "rule": "clip((s - lo) / (hi - lo), 0, 2)",
+                        normalisation={"lo": lo, "box_level_raw": t, "hi": hi,
+                                       "rule": "piecewise linear lo->0, box_level_raw->0.9, hi->1.0; clip 0..2",
                                        "bank": [str(p) for p in bank]},
                         range=[0.0, 2.0])
         compute = gen
@@ -209,6 +210,11 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
     p.add_argument("--zero-shot", choices=("self", "mutual", "self+mutual"), help="CLIP-free zero-shot scoring")
+    p.add_argument("--box-level", type=float,
+                   help="CLIP-free: raw level (fraction of a typical peak above background) put on the box threshold "
+                        "(default 0.9; lower = larger, more boxes)")
+    p.add_argument("--max-side", type=int, help="CLIP-free: cap of the network input's long side (faster on large "
+                                                "images; MT 4-shot: 256 px ≈1.7x faster, pixel AUROC +0.03, AUPRO -0.05)")
     p.add_argument("--no-aliased-taps", action="store_true", help="KeAD: per-block v-v taps (the 'fixed' variant)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -240,6 +246,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     options: dict[str, Any] = {}
     if a.zero_shot and method == "clipfree":
         options["zero_shot"] = a.zero_shot
+    if a.box_level is not None and method == "clipfree":
+        options["box_level"] = a.box_level
+    if a.max_side is not None and method == "clipfree":
+        options["max_side"] = a.max_side
     if a.no_aliased_taps and method == "kead":
         options["aliased_taps"] = False
     try:

@@ -9,7 +9,6 @@ Output per image: zero-shot map + few-shot memory map (range 0..2), float32 on t
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from agssp_hub import sha256_file
 
 __all__ = [
     "KEAD_MODEL",
@@ -106,15 +107,6 @@ def build_prompts(knowledge: dict[str, Any]) -> tuple[list[str], list[str], list
     return wrap(normal), wrap(anomaly), [t.format("") for t in TEMPLATES]
 
 
-def _sha256(path: Path) -> str:
-    """Full SHA-256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def resolve_clip_weights(weights: str | Path, sha256: str | None = None) -> tuple[Path, str]:
     """Find the CLIP weights (a file, or ``hf-hub:org/repo/file`` in the HF cache) and verify their SHA-256.
 
@@ -133,7 +125,7 @@ def resolve_clip_weights(weights: str | Path, sha256: str | None = None) -> tupl
         path = Path(weights)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: CLIP weights not found")
-    digest = _sha256(path)
+    digest = sha256_file(path)
     want = sha256 or (KEAD_WEIGHTS_SHA256_PREFIX if path.name == KEAD_WEIGHTS_FILE else None)
     if want is not None and not digest.startswith(want.lower()):
         raise RuntimeError(f"{path}: sha256 {digest} does not match the pinned {want}")
