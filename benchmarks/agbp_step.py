@@ -18,7 +18,9 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 
 import torch  # noqa: E402
@@ -35,6 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=160)
     p.add_argument("--steps", type=int, default=10, help="timed steps per arm")
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--out", help="also append the JSON record to this file (a JSON list)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     dev = torch.device(args.device)
@@ -77,12 +80,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         a.append(timed(agbp_step))
         b.append(timed(plain_step))
     ma, mb = statistics.median(a), statistics.median(b)
-    print(json.dumps({
+    record = {
         "arch": args.arch, "batch": args.batch, "size": args.size, "device": str(dev),
         "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
         "agbp_step_ms": round(1000 * ma, 1), "plain_step_ms": round(1000 * mb, 1), "ratio": round(ma / mb, 3),
-        "goal": "<= 1.10", "steps": args.steps,
-    }, indent=2))
+        "goal": "<= 1.10", "steps": args.steps, "raw_agbp_s": a, "raw_plain_s": b,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": "python benchmarks/agbp_step.py " + " ".join(sys.argv[1:]),
+    }
+    print(json.dumps({k: v for k, v in record.items() if not k.startswith("raw")}, indent=2))
+    if args.out:
+        out = Path(args.out)
+        records = json.loads(out.read_text()) if out.is_file() else []
+        out.write_text(json.dumps(records + [record], indent=2) + "\n")
     return 0
 
 

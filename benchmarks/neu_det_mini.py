@@ -12,17 +12,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("YOLO_OFFLINE", "1")
-os.environ.setdefault("YOLO_AUTOINSTALL", "False")
-os.environ.setdefault("YOLO_CONFIG_DIR", str(ROOT / ".yolo-config"))
+os.environ.setdefault("YOLO_CONFIG_DIR", str(ROOT / ".yolo-config"))  # per-checkout ultralytics settings
 
 from recipes.finetune import benchmark_main  # noqa: E402
 
 if __name__ == "__main__":
     argv = sys.argv[1:]
-    defaults = {"--artifacts": str(ROOT / "out" / "cpu-mini" / "artifacts.json"), "--out": str(ROOT / "out" / "benchmark"),
-                "--results": str(ROOT / "results")}
+    base = Path(".") if Path.cwd().resolve() == ROOT else ROOT  # short, portable paths in the recorded command
+    defaults = {"--artifacts": base / "out" / "cpu-mini" / "artifacts.json", "--out": base / "out" / "benchmark",
+                "--results": base / "results"}
     for flag, value in defaults.items():
-        if flag not in argv and not (flag == "--artifacts" and not Path(value).is_file()):
-            argv += [flag, value]
+        if flag not in argv and not (flag == "--artifacts" and not value.is_file()):
+            argv += [flag, str(value)]
     raise SystemExit(benchmark_main(argv))

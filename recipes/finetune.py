@@ -72,9 +72,10 @@ class FinetuneError(RuntimeError):
 
 
 def _offline_ultralytics() -> None:
-    """Keep ultralytics offline and quiet about settings unless the user configured it (set before its import)."""
-    os.environ.setdefault("YOLO_OFFLINE", "1")
-    os.environ.setdefault("YOLO_AUTOINSTALL", "False")
+    """Keep ultralytics offline (env vars before its import, a local font) unless the user configured it."""
+    from agssp_hub._offline import prepare_ultralytics
+
+    prepare_ultralytics()
 
 
 # --------------------------------------------------------------------------------------------- protocol
@@ -321,6 +322,7 @@ def train_run(
         model.train(data=str(data_yaml), project=str(run_dir.parent), name=run_dir.name, exist_ok=True,
                     device="cpu" if not torch.cuda.is_available() else None, val=False, verbose=False, **args)
     wall = time.perf_counter() - t0
+    threads = torch.get_num_threads()  # ultralytics sets cpu_count - 1 for CPU training
     metrics = model.trainer.validator.metrics
     box = metrics.box
     names = model.trainer.data["names"]
@@ -337,6 +339,7 @@ def train_run(
         "train_s": round(rows[-1]["time"], 1) if rows else None,
         "epoch_s": round(rows[-1]["time"] / len(rows), 1) if rows else None,
         "resumed": resumed,
+        "torch_threads": threads,
         "final_train_loss": {k.split("/")[1]: round(v, 4) for k, v in (rows[-1] if rows else {}).items()
                              if k.startswith("train/")},
         "args_hash": key,
@@ -496,7 +499,70 @@ def pretraining_val_overlap(artifacts: str | Path, data_yaml: str | Path) -> dic
     return {"corpus_images": len(items), "val_images_byte_identical_in_corpus": len(shared), "examples": shared[:10]}
 
 
-def _machine() -> str:
+def _yolo_xyxy(path: Path) -> list[list[float]]:
+    """Boxes of a YOLO txt as normalised [x1, y1, x2, y2] (class ignored; a missing file has none)."""
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 5:
+            x, y, w, h = (float(v) for v in parts[1:5])
+            out.append([x - w / 2, y - h / 2, x + w / 2, y + h / 2])
+    return out
+
+
+def pseudo_box_agreement(artifacts: str | Path, data_yaml: str | Path, iou: float = 0.5) -> dict[str, Any] | None:
+    """How well the stage-2 pseudo-boxes match the real labelled defects, class-agnostic.
+
+    Uses the pretraining images that are byte-identical to images of the benchmark dataset (any split), the
+    pseudo-boxes in ``<artifacts dir>/anomaly/boxes/labels/<stem>.txt`` and the dataset's labels. ``None`` when the
+    artifacts do not list their corpus or boxes, or no image is shared.
+    """
+    import numpy as np
+    from torchvision.ops import box_iou
+
+    root = Path(artifacts).resolve().parent
+    listing, boxes_dir = root / "data" / "images.json", root / "anomaly" / "boxes" / "labels"
+    if not listing.is_file() or not boxes_dir.is_dir():
+        return None
+    from agssp_hub._weights import sha256_file
+
+    work = Path(yaml.safe_load(Path(data_yaml).read_text())["path"])
+    labelled = {sha256_file(p.resolve()): work / "labels" / p.parent.name / f"{p.stem}.txt"
+                for p in sorted((work / "images").glob("*/*"))}
+    n_img = n_gt = n_pb = with_pb = hit_gt = hit_pb = 0
+    best: list[float] = []
+    for item in json.loads(listing.read_text()).get("items", []):
+        path = Path(item["path"])
+        label = labelled.get(sha256_file(path)) if path.is_file() else None
+        if label is None:
+            continue
+        gt = torch.tensor(_yolo_xyxy(label)).reshape(-1, 4)
+        pb = torch.tensor(_yolo_xyxy(boxes_dir / f"{path.stem}.txt")).reshape(-1, 4)
+        n_img, n_gt, n_pb, with_pb = n_img + 1, n_gt + len(gt), n_pb + len(pb), with_pb + int(len(pb) > 0)
+        if len(gt) and len(pb):
+            m = box_iou(gt, pb)
+            hit_gt += int((m.max(1).values >= iou).sum())
+            hit_pb += int((m.max(0).values >= iou).sum())
+            best += m.max(1).values.tolist()
+        else:
+            best += [0.0] * len(gt)
+    if not n_img:
+        return None
+    return {"images": n_img, "gt_boxes": n_gt, "pseudo_boxes": n_pb, "images_with_pseudo_boxes": with_pb,
+            f"gt_recall_iou{iou}": round(hit_gt / max(n_gt, 1), 3),
+            f"pseudo_box_precision_iou{iou}": round(hit_pb / max(n_pb, 1), 3),
+            "mean_best_iou_per_gt_box": round(float(np.mean(best)) if best else 0.0, 3)}
+
+
+def _first_epoch_loss(run_dir: Path) -> dict[str, float]:
+    """Train losses of the first epoch from a run's results.csv (how far ahead an initialisation starts)."""
+    rows = _read_results_csv(run_dir / "results.csv")
+    return {k.split("/")[1]: round(v, 4) for k, v in (rows[0] if rows else {}).items() if k.startswith("train/")}
+
+
+def _machine(threads: Sequence[int] = ()) -> str:
     """A one-line description of this machine."""
     cpu = platform.processor() or platform.machine()
     try:
@@ -506,9 +572,9 @@ def _machine() -> str:
                 break
     except OSError:
         pass
-    threads = torch.get_num_threads()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__} ({threads} thread(s) in training)"
+    used = f" ({'/'.join(map(str, threads))} torch thread(s) in training)" if threads else ""
+    return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}{used}"
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -549,6 +615,7 @@ def run_benchmark(
     overrides: Mapping[str, Any] | None = None,
     data_root: str | Path | None = None,
     command: str = "",
+    notes: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Fine-tune every arm × seed of a protocol and write the results JSON, table, bar chart and PR curves.
 
@@ -594,7 +661,10 @@ def run_benchmark(
         overlap = pretraining_val_overlap(artifacts, data_yaml)
         if overlap is not None:
             diagnostics["pretraining_corpus_vs_val"] = overlap
-    report = _benchmark_report(protocol, runs, stats, art, train_args, overrides, command, t_data)
+        agreement = pseudo_box_agreement(artifacts, data_yaml)
+        if agreement is not None:
+            diagnostics["pseudo_boxes_vs_labels"] = agreement
+    report = _benchmark_report(protocol, runs, stats, art, train_args, overrides, command, t_data, notes)
     if diagnostics:
         report["diagnostics"] = diagnostics
     atomic_write_json(out / f"{protocol['name']}.json", report)
@@ -605,7 +675,7 @@ def run_benchmark(
 
 def _benchmark_report(protocol: Mapping[str, Any], runs: Mapping[str, list[dict[str, Any]]], stats: Mapping[str, Any],
                       art: Mapping[str, Any], train_args: Mapping[str, Any], overrides: Mapping[str, Any] | None,
-                      command: str, data_s: float) -> dict[str, Any]:
+                      command: str, data_s: float, notes: Sequence[str] = ()) -> dict[str, Any]:
     """The results JSON (contract: arms → map50, map50_95, seeds; protocol; machine; date; command)."""
     arms_out: dict[str, Any] = {}
     for arm, rs in runs.items():
@@ -614,8 +684,9 @@ def _benchmark_report(protocol: Mapping[str, Any], runs: Mapping[str, list[dict[
         init = rs[0]["init"]
         arms_out[arm] = {
             "map50": m50, "map50_std": s50, "map50_95": m95, "map50_95_std": s95,
-            "seeds": [{k: r[k] for k in ("seed", "map50", "map50_95", "precision", "recall", "wall_s", "epoch_s",
-                                         "per_class_map50_95", "final_train_loss")} for r in rs],
+            "seeds": [{**{k: r.get(k) for k in ("seed", "map50", "map50_95", "precision", "recall", "wall_s",
+                                                "epoch_s", "torch_threads", "per_class_map50_95", "final_train_loss")},
+                       "first_epoch_train_loss": _first_epoch_loss(Path(r["run_dir"]))} for r in rs],
             "init": {k: init.get(k) for k in ("source", "transferred", "total", "new", "source_nc") if k in init},
         }
     wall = {arm: round(sum(r["wall_s"] for r in rs), 1) for arm, rs in runs.items()}
@@ -639,9 +710,9 @@ def _benchmark_report(protocol: Mapping[str, Any], runs: Mapping[str, list[dict[
         },
         "pretraining": {k: art[k] for k in ("model", "profile", "backbone_dir", "backbone_sha256", "detector",
                                             "detector_sha256", "git_commit", "command") if k in art},
-        "notes": list(protocol.get("notes", [])),
         "stage_times": stage_times,
-        "machine": _machine(),
+        "machine": _machine(sorted({r.get("torch_threads") for rs in runs.values() for r in rs} - {None})),
+        "notes": [*protocol.get("notes", []), *notes],
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "command": command,
     }
@@ -688,7 +759,22 @@ def _benchmark_parser() -> argparse.ArgumentParser:
     p.add_argument("--imgsz", type=int, default=None, help="override (recorded in the JSON)")
     p.add_argument("--data", default=None, help="override the protocol's dataset (spec YAML or built-in name)")
     p.add_argument("--data-root", type=Path, default=None, help="folder holding NEU-DET (default ../shared/data)")
+    p.add_argument("--note", action="append", default=[], help="a note on the run conditions for the results")
     return p
+
+
+def _command(argv: Sequence[str]) -> str:
+    """The benchmark command line as recorded in the results (``--note`` texts left out)."""
+    kept: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--note":
+            skip = True
+        elif not a.startswith("--note="):
+            kept.append(a)
+    return " ".join(["agssp-hub benchmark", *kept])
 
 
 def benchmark_main(argv: Sequence[str] | None = None) -> int:
@@ -703,7 +789,7 @@ def benchmark_main(argv: Sequence[str] | None = None) -> int:
         report = run_benchmark(protocol, args.out, args.results, artifacts=args.artifacts, arms=args.arms,
                                seeds=args.seeds, overrides={"epochs": args.epochs, "imgsz": args.imgsz},
                                data_root=args.data_root or default_data_root(),
-                               command="agssp-hub benchmark " + " ".join(argv))
+                               command=_command(argv), notes=args.note)
     except (DatasetError, FinetuneError) as e:
         print(f"agssp-hub benchmark: error: {e}", file=sys.stderr)
         return 2

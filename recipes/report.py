@@ -122,10 +122,24 @@ def render_markdown(report: Mapping[str, Any], name: str | None = None) -> str:
                      if "pretraining_total_s" in st else "") + "."]
     lines += ["", f"Machine: {report.get('machine', '')}. Date: {report.get('date', '')}.",
               f"Command: `{report.get('command', '')}`", ""]
+    first = []
+    for arm in _arms(report):
+        losses = [s.get("first_epoch_train_loss") or {} for s in report["arms"][arm]["seeds"]]
+        if losses and all(losses):
+            mean = {k: sum(x[k] for x in losses) / len(losses) for k in losses[0]}
+            first.append(f"{arm} {mean.get('box_loss', 0):.2f}/{mean.get('cls_loss', 0):.2f}/{mean.get('dfl_loss', 0):.2f}")
+    if first:
+        lines.append(f"- First-epoch train loss box/cls/dfl (mean over seeds): {', '.join(first)}.")
     diag = report.get("diagnostics", {}).get("agdp_detector_class_agnostic_before_finetune")
     if diag:
         lines.append(f"- The AGDP detector before fine-tuning (1 class, val classes merged): mAP@0.5 "
                      f"{diag['map50']:.1f}, mAP@0.5:0.95 {diag['map50_95']:.1f}.")
+    pb = report.get("diagnostics", {}).get("pseudo_boxes_vs_labels")
+    if pb:
+        lines.append(f"- Stage-2 pseudo-boxes vs the real labels on the {pb['images']} pretraining images that are also "
+                     f"labelled benchmark images: {pb['pseudo_boxes']} pseudo-boxes for {pb['gt_boxes']} labelled boxes "
+                     f"({pb['images_with_pseudo_boxes']} images with any), recall@IoU0.5 "
+                     f"{pb['gt_recall_iou0.5']:.3f}, precision@IoU0.5 {pb['pseudo_box_precision_iou0.5']:.3f}.")
     ov = report.get("diagnostics", {}).get("pretraining_corpus_vs_val")
     if ov:
         lines.append(f"- Pretraining corpus ({ov['corpus_images']} images) vs val: "
@@ -165,7 +179,9 @@ def plot_bars(report: Mapping[str, Any], path: str | Path) -> Path:
     ax.set_xticks(range(len(arms)), [ARM_LABELS.get(a, a).split(" (")[0] for a in arms])
     ax.set_ylabel("points")
     ax.set_title(f"{report['protocol']['name']}: fine-tune from each initialisation", fontsize=10)
-    ax.legend(fontsize=8, frameon=False)
+    ymax = max([s[m] for a in arms for s in report["arms"][a]["seeds"] for m in ("map50", "map50_95")] + [1.0])
+    ax.set_ylim(0, ymax * 1.3)  # room for the value labels and the legend
+    ax.legend(fontsize=8, frameon=False, ncol=2, loc="upper left")
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
     path = Path(path)

@@ -181,3 +181,21 @@ def test_pretraining_corpus_overlap_with_val_is_measured(tmp_path: Path) -> None
     (art.parent / "data" / "images.json").write_text(json.dumps({"items": items}))
     overlap = pretraining_val_overlap(art, data_yaml)
     assert overlap == {"corpus_images": 2, "val_images_byte_identical_in_corpus": 1, "examples": ["im4"]}
+
+
+def test_pseudo_box_agreement_counts_matches(tmp_path: Path) -> None:
+    from recipes.datasets import prepare_dataset
+    from recipes.finetune import pseudo_box_agreement
+
+    data_yaml = prepare_dataset(_tiny_dataset(tmp_path / "data"), tmp_path / "work")
+    art = tmp_path / "pre" / "artifacts.json"
+    (art.parent / "data").mkdir(parents=True)
+    (art.parent / "anomaly" / "boxes" / "labels").mkdir(parents=True)
+    art.write_text("{}")
+    items = [{"path": str(tmp_path / "data" / "images" / f"im{i}.png")} for i in (0, 1)]
+    (art.parent / "data" / "images.json").write_text(json.dumps({"items": items}))
+    gt0 = (tmp_path / "data" / "labels" / "im0.txt").read_text()
+    (art.parent / "anomaly" / "boxes" / "labels" / "im0.txt").write_text(gt0 + "0 0.9 0.9 0.1 0.1\n")  # hit + miss
+    result = pseudo_box_agreement(art, data_yaml)
+    assert result["images"] == 2 and result["gt_boxes"] == 2 and result["pseudo_boxes"] == 2
+    assert result["gt_recall_iou0.5"] == 0.5 and result["pseudo_box_precision_iou0.5"] == 0.5
