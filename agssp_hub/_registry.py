@@ -113,6 +113,18 @@ _SWIN6_METRICS = _paper(
 _FRCNN_METRICS = _paper("Faster R-CNN Swin-B w6 fine-tuned from the AGSSP detector", _TAB, {"casting_billet_mini": (73.0, 41.0)})
 _DINO_METRICS = _paper("DINO 4-scale Swin-B w6 fine-tuned from the AGSSP detector", _TAB, {"casting_billet_mini": (79.0, 50.4)})
 
+_BENCH = "results/neu_det_mini.json (agssp-hub benchmark --artifacts out/cpu-mini/artifacts.json --out out/benchmark --results results)"
+_BENCH_SETUP = ("YOLOv8 PAFPN/head on EfficientNet-Lite0 fine-tuned on NEU-DET-mini (300 images), 6 epochs at 224 px, "
+                "mean of 2 seeds; ImageNet init scores 19.7 / 6.7 under the same protocol")
+_LITE0_BACKBONE_METRICS = (
+    Metric("neu_det_mini", "map50", 20.0, "measured", "backbone init (AGBP). " + _BENCH_SETUP, _BENCH),
+    Metric("neu_det_mini", "map50_95", 6.8, "measured", "backbone init (AGBP). " + _BENCH_SETUP, _BENCH),
+)
+_LITE0_DETECTOR_METRICS = (
+    Metric("neu_det_mini", "map50", 19.4, "measured", "detector init (AGBP + AGDP). " + _BENCH_SETUP, _BENCH),
+    Metric("neu_det_mini", "map50_95", 7.1, "measured", "detector init (AGBP + AGDP). " + _BENCH_SETUP, _BENCH),
+)
+
 _ENTRIES: tuple[Checkpoint, ...] = (
     # ----------------------------------------------------------------------------------------------- backbones
     Checkpoint(
@@ -197,6 +209,7 @@ _ENTRIES: tuple[Checkpoint, ...] = (
         sha256="a0f100e93134c18fac8eaaf4cc2c129152eda6e420a09740c05e5f828ca6874d",
         size=13678672,
         source=_recipe("recipes/configs/agssp_efficientnet_lite0.yaml"),
+        metrics=_LITE0_BACKBONE_METRICS,
         notes="Not an official AGSSP release: a CPU-scale reproduction of the method by agssp-hub (cpu-mini profile: "
         "1500 unlabelled images, CLIP-free anomaly maps, AGBP 3 epochs at 160 px, AGDP 10 epochs at 256 px; "
         "2026-11-28, 2-core CPU, 39 min wall).",
@@ -293,6 +306,7 @@ _ENTRIES: tuple[Checkpoint, ...] = (
         size=18961556,
         backbone="agssp_efficientnet_lite0",
         source=_recipe("recipes/configs/agssp_efficientnet_lite0.yaml"),
+        metrics=_LITE0_DETECTOR_METRICS,
         notes="Not an official AGSSP release. The published form is model.safetensors + model.yaml; "
         "load_detector materialises the ultralytics .pt.",
     ),

@@ -261,7 +261,13 @@ def _image_index(images: Path) -> dict[str, Path]:
 def _split_stems(split: str, source: Path, index: Mapping[str, Path]) -> list[str]:
     """Stems of a split from a list file or an image folder, each checked to exist in the image index."""
     if source.is_dir():
-        return [p.stem for p in list_images(source)]
+        stems = [p.stem for p in list_images(source)]
+        outside = [s for s in stems if s not in index]
+        if outside:
+            raise DatasetError(f"{source}: split {split!r} folder holds images outside the images folder, e.g. {outside[0]!r}")
+        if not stems:
+            raise DatasetError(f"{source}: split {split!r} folder has no images")
+        return stems
     stems = []
     for lineno, entry in enumerate(read_split_list(source), 1):
         stem = entry if entry in index else Path(entry).stem

@@ -725,7 +725,7 @@ def write_results(report: Mapping[str, Any], runs: Mapping[str, list[dict[str, A
     name = report["protocol"]["name"]
     results.mkdir(parents=True, exist_ok=True)
     atomic_write_json(results / f"{name}.json", report)
-    raw = results / "runs" / name
+    raw = results / f"{name}_runs"  # not "runs/": .gitignore keeps ultralytics run folders out of git
     raw.mkdir(parents=True, exist_ok=True)
     for arm, rs in runs.items():
         for r in rs:

@@ -114,7 +114,7 @@ def _check_work_dir(data_yaml: Path) -> None:
     for split, stems in (("train", TRAIN), ("val", VAL)):
         imgs = sorted((root / cfg[split]).iterdir())
         assert [p.stem for p in imgs] == sorted(stems)
-        assert all(p.is_symlink() and p.resolve().parent.name == "images" for p in imgs)  # linked, not copied
+        assert all(p.is_symlink() and not p.resolve().is_relative_to(root) for p in imgs)  # linked, not copied
         for stem in stems:
             text = (root / "labels" / split / f"{stem}.txt").read_text()
             rows = sorted([float(v) for v in ln.split()] for ln in text.splitlines())
@@ -270,3 +270,13 @@ def test_neu_det_mini_prepares_with_real_annotations(shared_data: Path, tmp_path
     assert stats["splits"]["train"]["images"] == 300 and stats["splits"]["val"]["images"] == 360
     # NEU-DET xml <filename> fields without '.jpg' (e.g. patches_20) are matched by stem
     assert (data_yaml.parent / "labels" / "val" / "patches_20.txt").stat().st_size > 0
+
+
+def test_split_given_as_image_folders(tmp_path: Path) -> None:
+    spec = make_yolo(tmp_path)
+    for split, stems in (("train", TRAIN), ("val", VAL)):
+        (tmp_path / "images" / split).mkdir()
+        for stem in stems:
+            (tmp_path / "images" / f"{stem}.jpg").rename(tmp_path / "images" / split / f"{stem}.jpg")
+    spec.update(train=str(tmp_path / "images" / "train"), val=str(tmp_path / "images" / "val"))
+    _check_work_dir(prepare_dataset(spec, tmp_path / "work"))

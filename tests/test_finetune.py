@@ -124,7 +124,7 @@ def test_benchmark_runs_end_to_end_and_resumes(tmp_path: Path, agdp_detector: Pa
         assert [s["seed"] for s in arm["seeds"]] == [0]
     assert report["arms"]["agssp"]["init"]["transferred"] == report["arms"]["agssp"]["init"]["total"] - 6
     assert report["protocol"]["train"]["epochs"] == 1
-    for name in ("tiny.md", "tiny.png", "tiny_pr_random.png", "tiny_pr_agssp.png", "runs/tiny/agssp_s0_results.csv"):
+    for name in ("tiny.md", "tiny.png", "tiny_pr_random.png", "tiny_pr_agssp.png", "tiny_runs/agssp_s0_results.csv"):
         path = tmp_path / "results" / name
         assert path.is_file() and path.stat().st_size < 200_000, name
     assert "| AGSSP (detector, stages 1+2) |" in (tmp_path / "results" / "tiny.md").read_text()
