@@ -142,7 +142,7 @@ def _finished(last: Path) -> bool:
     return ckpt.get("epoch", -1) == -1
 
 
-def _read_results(csv_path: Path) -> list[dict[str, float]]:
+def read_results_csv(csv_path: Path) -> list[dict[str, float]]:
     """Rows of ultralytics results.csv as floats (stripped column names)."""
     if not csv_path.is_file():
         return []
@@ -192,7 +192,7 @@ def train_agdp(
     final = YOLO(str(best if best.is_file() else last))
     ay._detection_model(final).names = {0: "anomaly"}
     ay.load_backbone_state_dict(final, backbone_state_dict)  # exact fp32 AGBP weights (ultralytics saves fp16)
-    rows = _read_results(run / "results.csv")
+    rows = read_results_csv(run / "results.csv")
     scored = [r for r in rows if "metrics/mAP50(B)" in r]
     best_row = max(scored, key=lambda r: r["metrics/mAP50(B)"]) if scored else {}
     metrics = {

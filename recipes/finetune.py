@@ -43,6 +43,7 @@ import torch
 import yaml
 from torch import Tensor
 
+from .agdp import read_results_csv
 from .data import atomic_write_json
 from .datasets import DatasetError, dataset_stats, default_data_root, prepare_dataset
 
@@ -263,16 +264,6 @@ def _skip_second_validation(trainer: Any) -> None:
     trainer.final_eval = lambda: None
 
 
-def _read_results_csv(path: Path) -> list[dict[str, float]]:
-    """Rows of an ultralytics ``results.csv`` as floats."""
-    import csv
-
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return [{k.strip(): float(v) for k, v in row.items() if v not in (None, "")} for row in csv.DictReader(f)]
-
-
 def train_run(
     init_pt: str | Path,
     data_yaml: str | Path,
@@ -326,7 +317,7 @@ def train_run(
     metrics = model.trainer.validator.metrics
     box = metrics.box
     names = model.trainer.data["names"]
-    rows = _read_results_csv(run_dir / "results.csv")
+    rows = read_results_csv(run_dir / "results.csv")
     summary = {
         "map50": round(100 * float(box.map50), 2),
         "map50_95": round(100 * float(box.map), 2),
@@ -558,7 +549,7 @@ def pseudo_box_agreement(artifacts: str | Path, data_yaml: str | Path, iou: floa
 
 def _first_epoch_loss(run_dir: Path) -> dict[str, float]:
     """Train losses of the first epoch from a run's results.csv (how far ahead an initialisation starts)."""
-    rows = _read_results_csv(run_dir / "results.csv")
+    rows = read_results_csv(run_dir / "results.csv")
     return {k.split("/")[1]: round(v, 4) for k, v in (rows[0] if rows else {}).items() if k.startswith("train/")}
 
 
