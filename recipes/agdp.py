@@ -138,6 +138,8 @@ def ultralytics_args(cfg: AGDPConfig, n_train: int) -> dict[str, Any]:
 
 def _finished(last: Path) -> bool:
     """True when an ultralytics last.pt marks a completed run (optimizer stripped, epoch -1)."""
+    # This file was written by this run into its own output folder; ultralytics checkpoints pickle nn.Modules,
+    # so they cannot be read with weights_only=True (user-supplied .pth inputs always are).
     ckpt = torch.load(last, map_location="cpu", weights_only=False)
     return ckpt.get("epoch", -1) == -1
 
